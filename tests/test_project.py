@@ -1,0 +1,38 @@
+"""The project's own files: one dependency list, CI calling the README's command."""
+import re
+import tomllib
+
+import yaml
+from packaging.requirements import Requirement
+
+from conftest import REPO
+
+
+def pyproject():
+    return tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def test_environment_yml_adds_no_dependency():
+    spec = yaml.safe_load((REPO / "environment.yml").read_text())
+    conda = [d for d in spec["dependencies"] if isinstance(d, str)]
+    pip = [d for d in spec["dependencies"] if isinstance(d, dict)][0]["pip"]
+    assert sorted(re.split(r"[=<> ]", d)[0] for d in conda) == ["pip", "python"]
+    declared = {Requirement(d).name.lower() for d in pyproject()["project"]["dependencies"]}
+    for line in pip:
+        if not line.startswith("-e"):
+            assert Requirement(line).name.lower() in declared, f"{line} is not in pyproject.toml"
+
+
+def test_torch_is_pinned_to_the_cpu_build_on_disk():
+    deps = [Requirement(d) for d in pyproject()["project"]["dependencies"]]
+    torch = next(d for d in deps if d.name == "torch")
+    assert str(torch.specifier) == "==2.13.0"
+    assert all(str(d.specifier).startswith("==") for d in deps), "pin every dependency"
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (REPO / "README.md").read_text()
+    commands = re.findall(r"`(make [a-z-]+)`", readme)
+    assert "make test" in commands and "make lab" in commands
+    ci = (REPO / ".ci" / "run").read_text()
+    assert re.search(r"^make test$", ci, re.M)

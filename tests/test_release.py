@@ -1,0 +1,46 @@
+"""release/ and notebooks/ are generated from source/ and must not drift from it."""
+import pytest
+
+from conftest import REPO
+from labkit import course
+from nbgrader_course import solution_lines
+
+SOURCE = REPO / "source" / course.ASSIGNMENT
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    return course.build_release(tmp_path_factory.mktemp("course"))
+
+
+@pytest.mark.parametrize("committed", [REPO / "release" / course.ASSIGNMENT, REPO / "notebooks"],
+                         ids=["release", "notebooks"])
+def test_committed_edition_matches_source(built, committed):
+    assert course.differences(built, committed) == [], (
+        f"{committed} is out of date with source/: run `make release` and commit the result")
+
+
+def test_release_has_the_notebooks_in_order(built):
+    names = sorted(p.name for p in SOURCE.glob("*.ipynb"))
+    assert names and names == sorted(p.name for p in built.glob("*.ipynb"))
+    assert names[0] == "01_env.ipynb"
+
+
+@pytest.mark.parametrize("notebook", sorted(SOURCE.glob("*.ipynb")), ids=lambda p: p.name)
+def test_no_solution_or_hidden_test_reaches_students(built, notebook):
+    released = (built / notebook.name).read_text()
+    secrets = solution_lines(notebook)
+    assert secrets, "the source notebook should have solutions and hidden tests"
+    leaked = [line for line in secrets if line in released]
+    assert leaked == []
+    assert "BEGIN SOLUTION" not in released and "BEGIN HIDDEN TESTS" not in released
+
+
+def test_differences_catches_an_edit(built, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(built, copy)
+    nb = copy / "01_env.ipynb"
+    nb.write_text(nb.read_text().replace("Environment check", "Environment chek"))
+    assert course.differences(built, copy) == ["01_env.ipynb"]
