@@ -62,6 +62,13 @@ def _lab(args) -> int:
     return 0
 
 
+def _bench_export(args) -> int:
+    from .benchmarks import bench_export
+
+    bench_export(args.model, args.json)
+    return 0
+
+
 def _release(args) -> int:
     from .course import publish
 
@@ -89,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", help="registry name or local folder (default: $LABKIT_MODEL or smollm2-135m)")
     p.add_argument("--out", help="report folder (default: <artifacts>/report)")
     p.set_defaults(run=_lab)
+    p = sub.add_parser("bench-export", help="export a model without cache; print time, memory, size")
+    p.add_argument("--model", help="registry name (default: $LABKIT_MODEL or smollm2-135m)")
+    p.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    p.set_defaults(run=_bench_export)
     p = sub.add_parser("release", help="regenerate release/ and notebooks/ from source/")
     p.set_defaults(run=_release)
     args = parser.parse_args(argv)
@@ -96,10 +107,14 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except Exception as exc:  # friendly one-line errors for the expected failures
         from .gguf_convert import BundledModelMissing
+        from .export import ExportError
         from .hub import IncompleteModelFolder
         from .models import ModelUnavailable
+        from .onnx_graph import BrokenOnnxFile
 
-        if isinstance(exc, (ModelUnavailable, BundledModelMissing, IncompleteModelFolder, ConnectionError)):
+        friendly = (ModelUnavailable, BundledModelMissing, IncompleteModelFolder, ConnectionError,
+                    ExportError, BrokenOnnxFile)
+        if isinstance(exc, friendly):
             print(f"error: {exc}", file=sys.stderr)
             return 1
         raise

@@ -179,6 +179,12 @@ def _random_qwen3(shape: dict):
     return model.eval(), tokenizer
 
 
+def tiny_qwen3() -> LoadedModel:
+    """The toy Qwen3, whatever model the session has selected (demos use it under grading too)."""
+    model, tokenizer = _random_qwen3(QWEN3_TINY_SHAPE)
+    return LoadedModel("qwen3-tiny", model, tokenizer, f"random, seed {RANDOM_SEED}")
+
+
 def _load_folder(folder: Path):
     return (*_from_folder(folder), str(folder))
 

@@ -8,7 +8,7 @@ from nbgrader_course import graded_points, write_submission
 
 pytestmark = pytest.mark.slow
 SOURCE = REPO / "source" / course.ASSIGNMENT
-NOTEBOOK = "01_env.ipynb"
+NOTEBOOKS = sorted(p.name for p in SOURCE.glob("*.ipynb"))
 WRONG_WEIGHT_BYTES = "def weight_bytes(n_params, dtype):\n    return n_params * 4  # forgot the dtype\n"
 
 
@@ -17,7 +17,7 @@ def graded(tmp_path_factory):
     root = course.make_course(tmp_path_factory.mktemp("course"))
     api = course.grading_api(root)
     assert api.generate_assignment(course.ASSIGNMENT)["success"]
-    release = root / "release" / course.ASSIGNMENT / NOTEBOOK
+    release = root / "release" / course.ASSIGNMENT
     submissions = {
         "solver": dict(answers="solution"),
         "blank": dict(answers="blank"),
@@ -25,8 +25,9 @@ def graded(tmp_path_factory):
     }
     results = {}
     for student, how in submissions.items():
-        out = root / "submitted" / student / course.ASSIGNMENT / NOTEBOOK
-        write_submission(release, SOURCE / NOTEBOOK, out, **how)
+        for notebook in NOTEBOOKS:
+            out = root / "submitted" / student / course.ASSIGNMENT / notebook
+            write_submission(release / notebook, SOURCE / notebook, out, **how)
         results[student] = api.autograde(course.ASSIGNMENT, student)
     return root, results
 
@@ -38,7 +39,7 @@ def test_every_submission_grades_without_crashing(graded):
 
 def test_scores_in_the_gradebook(graded):
     root, _ = graded
-    points = graded_points(SOURCE / NOTEBOOK)
+    points = {k: v for nb in NOTEBOOKS for k, v in graded_points(SOURCE / nb).items()}
     total = sum(points.values())
     scores = course.submission_scores(root)
     assert scores["solver"] == (total, total)

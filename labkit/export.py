@@ -1,0 +1,225 @@
+"""PyTorch -> ONNX for the graph without a KV cache (notebook 02).
+
+The exporter is `torch.onnx.export(..., dynamo=True)`: torch.export traces the
+model into an FX graph with symbolic shapes, which is translated to ONNX and
+optimized by onnxscript. What the lab adds around it:
+
+- `LogitsWrapper`: plain tensors in and out, so the exporter never sees a
+  transformers output object or a cache;
+- `export_patches`: the monkey patches the model family needs (see patches.py);
+- `readable_names`: renames nodes and weights after the module they come from;
+- a write that cannot leave a half-written model where the next notebook looks.
+"""
+from __future__ import annotations
+
+import ast
+import contextlib
+import errno
+import logging
+import os
+import shutil
+import sys
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import onnx
+import torch
+from tqdm.auto import tqdm
+
+from .onnx_graph import BrokenOnnxFile, load_graph
+from .patches import export_patches
+
+INPUT_NAMES = ["input_ids", "attention_mask"]
+OUTPUT_NAMES = ["logits"]
+MODEL_FILE = "model.onnx"
+SCOPES = "pkg.torch.onnx.name_scopes"
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+class LogitsWrapper(torch.nn.Module):
+    """input_ids, attention_mask (int64, [batch, sequence]) -> logits (float32,
+    [batch, sequence, vocab]). No cache: every call sees the whole sequence."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+
+def dynamic_shapes() -> tuple[dict, dict]:
+    """Batch and sequence are symbolic in both inputs (they share the same Dims)."""
+    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    return {0: batch, 1: sequence}, {0: batch, 1: sequence}
+
+
+def example_inputs(vocab_size: int, batch: int = 2, sequence: int = 8) -> tuple[torch.Tensor, ...]:
+    """Tracing inputs. Batch and sequence above 1 keep torch.export from
+    specialising a dimension of size 1 into a constant."""
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(0, vocab_size, (batch, sequence), generator=generator)
+    return input_ids, torch.ones_like(input_ids)
+
+
+# --- readable names ------------------------------------------------------------------
+
+def _module_path(node: onnx.NodeProto, prefix: str) -> str:
+    """The innermost module a node came from, relative to the wrapped model."""
+    props = {p.key: p.value for p in node.metadata_props}
+    if SCOPES not in props:
+        return ""
+    scopes = ast.literal_eval(props[SCOPES])  # ['', 'model', 'model.model', ..., fx node name]
+    path = scopes[-2] if len(scopes) >= 2 else ""
+    return path[len(prefix):] if path.startswith(prefix) else path
+
+
+def _wrapper_prefix(graph: onnx.GraphProto) -> str:
+    """The wrapper's attribute holding the model ('model.'), found in the scopes."""
+    for node in graph.node:
+        props = {p.key: p.value for p in node.metadata_props}
+        if SCOPES in props:
+            scopes = ast.literal_eval(props[SCOPES])
+            if len(scopes) > 2:
+                return scopes[1] + "."
+    return ""
+
+
+def readable_names(model: onnx.ModelProto) -> dict[str, str]:
+    """Rename in place: each node `<module>/<Op>` (e.g. `model.layers.3.mlp.down_proj/MatMul`),
+    each MatMul or Gather weight `<module>.weight`, other parameters without the
+    wrapper's prefix. MatMul weights are stored transposed ([in, out]).
+    Returns the initializer renames."""
+    graph = model.graph
+    prefix = _wrapper_prefix(graph)
+    initializers = {t.name for t in graph.initializer}
+    renames: dict[str, str] = {}
+    for node in graph.node:  # weights take the name of their first consumer
+        if node.op_type in ("MatMul", "Gather") and node.input:
+            weight = node.input[1] if node.op_type == "MatMul" else node.input[0]
+            module = _module_path(node, prefix)
+            if weight in initializers and weight not in renames and module:
+                renames[weight] = f"{module}.weight"
+    for name in initializers - renames.keys():
+        if name.startswith(prefix) and prefix:
+            renames[name] = name[len(prefix):]
+    taken = Counter(renames.values())
+    renames = {old: new for old, new in renames.items() if taken[new] == 1 and new not in initializers - {old}}
+
+    for tensor in graph.initializer:
+        tensor.name = renames.get(tensor.name, tensor.name)
+    for node in graph.node:
+        node.input[:] = [renames.get(i, i) for i in node.input]
+    for value in list(graph.input) + list(graph.value_info):
+        value.name = renames.get(value.name, value.name)
+
+    used: Counter = Counter()
+    for node in graph.node:
+        base = f"{_module_path(node, prefix) or 'graph'}/{node.op_type}"
+        node.name = base if used[base] == 0 else f"{base}_{used[base]}"
+        used[base] += 1
+    return renames
+
+
+# --- writing -------------------------------------------------------------------------
+
+def _check_target(out_dir: Path, needed_bytes: int) -> None:
+    parent = out_dir.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ExportError(f"cannot write to {parent} ({exc.strerror}): choose a writable folder "
+                          "(or set LABKIT_ARTIFACTS to one)") from exc
+    if not os.access(parent, os.W_OK):
+        raise ExportError(f"cannot write to {parent}: choose a writable folder "
+                          "(or set LABKIT_ARTIFACTS to one)")
+    free = shutil.disk_usage(parent).free
+    if free < needed_bytes:
+        raise ExportError(f"not enough disk in {parent}: the model needs about "
+                          f"{needed_bytes / 1e9:.1f} GB, {free / 1e9:.1f} GB are free. Free space or set "
+                          "LABKIT_ARTIFACTS to a larger disk.")
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The exporter logs to stderr (e.g. 'torchvision is not installed'), which
+    nbgrader would count against a graded cell."""
+    log = logging.getLogger("torch.onnx")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            # Known noise of the pinned exporter, not the student's doing.
+            warnings.filterwarnings("ignore", message=r".*will not be used, since it shares")
+            warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated")
+            yield
+    finally:
+        log.setLevel(level)
+
+
+def export_onnx(model: torch.nn.Module, out_dir: str | Path, *, wrapper: torch.nn.Module | None = None,
+                shapes: tuple | None = None, example: tuple | None = None) -> Path:
+    """Export `model` to `out_dir/model.onnx` + `model.onnx.data` (float32) and return
+    the model path. The files are written in `<out_dir>.partial` and moved into
+    place only once the checker has passed them."""
+    out_dir = Path(out_dir)
+    params = sum(p.numel() for p in model.parameters())
+    _check_target(out_dir, needed_bytes=int(4 * params * 1.05))
+    wrapper = (wrapper or LogitsWrapper(model)).eval()
+    example = example or example_inputs(model.config.vocab_size)
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    steps = tqdm(total=4, desc="export", file=sys.stdout, unit="step")
+    try:
+        steps.set_postfix_str("trace and translate (the slow part)")
+        with export_patches(model), _quiet_exporter(), torch.inference_mode(False), torch.no_grad():
+            program = torch.onnx.export(
+                wrapper, example, dynamo=True, input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
+                dynamic_shapes=shapes or dynamic_shapes(), optimize=True, verbose=False)
+        steps.update()
+        steps.set_postfix_str("write weights")
+        partial.mkdir(parents=True)
+        program.save(str(partial / MODEL_FILE), external_data=True)
+        del program
+        steps.update()
+        steps.set_postfix_str("name nodes and weights")
+        graph = onnx.load(str(partial / MODEL_FILE), load_external_data=False)
+        readable_names(graph)
+        onnx.save(graph, str(partial / MODEL_FILE))
+        steps.update()
+        steps.set_postfix_str("check")
+        onnx.checker.check_model(str(partial / MODEL_FILE))
+        steps.update()
+    except OSError as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        if exc.errno == errno.ENOSPC:
+            raise ExportError(f"the disk filled up while writing {partial}; nothing was kept. "
+                              "Free space or set LABKIT_ARTIFACTS to a larger disk.") from exc
+        raise ExportError(f"could not write the ONNX files to {partial}: {exc}") from exc
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    finally:
+        steps.close()
+    old = out_dir.with_name(out_dir.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out_dir.exists():
+        out_dir.rename(old)
+    partial.rename(out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    return out_dir / MODEL_FILE
+
+
+def tied_embedding_copies(path: str | Path) -> int:
+    """How many initializers have the embedding's shape: 1 when the tie survived export."""
+    graph = load_graph(path).graph
+    gather = next((n for n in graph.node if n.op_type == "Gather"), None)
+    if gather is None:
+        raise BrokenOnnxFile(f"{path} has no embedding lookup (Gather)")
+    dims = {t.name: list(t.dims) for t in graph.initializer}
+    shape = dims.get(gather.input[0])
+    return sum(1 for d in dims.values() if d == shape or d == shape[::-1])
