@@ -42,7 +42,10 @@ def write_submission(release_nb: Path, source_nb: Path, out: Path, answers: str 
 
 
 def solution_lines(source_nb: Path) -> list[str]:
-    """Non-trivial lines inside solution and hidden-test regions of a source notebook."""
+    """Lines that only the solution and hidden-test regions of a source notebook
+    contain: the text that must never reach a student."""
     text = "\n".join(c.source for c in nbformat.read(source_nb, as_version=4).cells)
-    regions = re.findall(r"### BEGIN (?:SOLUTION|HIDDEN TESTS)\n(.*?)### END", text, re.S)
-    return [line.strip() for r in regions for line in r.splitlines() if len(line.strip()) > 12]
+    region = re.compile(r"### BEGIN (?:SOLUTION|HIDDEN TESTS)\n(.*?)### END[^\n]*", re.S)
+    public = {line.strip() for line in region.sub("", text).splitlines()}
+    return [line.strip() for r in region.findall(text) for line in r.splitlines()
+            if len(line.strip()) > 12 and line.strip() not in public]

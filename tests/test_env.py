@@ -45,6 +45,7 @@ def test_models_command_lists_the_registry(capsys):
 
 def test_lab_writes_its_report(tmp_path, capsys):
     assert main(["lab", "--out", str(tmp_path)]) == 0
-    assert "Paris" in (tmp_path / "report.md").read_text()
+    report = (tmp_path / "report.md").read_text()
+    assert "Paris" in report and "greedy 32 tokens identical on 3/3" in report
     assert json.loads((tmp_path / "env.json").read_text())["cores"] >= 1
     assert str(tmp_path / "report.md") in capsys.readouterr().out
