@@ -176,6 +176,8 @@ def export_onnx(model: torch.nn.Module, out_dir: str | Path, *, wrapper: torch.n
     steps = tqdm(total=4, desc="export", file=sys.stdout, unit="step")
     try:
         steps.set_postfix_str("trace and translate (the slow part)")
+        # inference_mode(False): a notebook cell run under inference_mode would
+        # otherwise hand torch.export tensors it refuses to trace.
         with export_patches(model), _quiet_exporter(), torch.inference_mode(False), torch.no_grad():
             program = torch.onnx.export(
                 wrapper, example, dynamo=True, input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,

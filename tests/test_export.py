@@ -115,6 +115,21 @@ def test_interrupted_export_keeps_the_previous_model(monkeypatch, exported, tiny
     assert not exported.parent.with_name(exported.parent.name + ".partial").exists()
 
 
+def test_disk_filling_up_mid_write_keeps_the_previous_model(monkeypatch, exported, tiny):
+    import errno
+
+    before = exported.read_bytes()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(onnx, "save", disk_full)
+    with pytest.raises(export.ExportError, match="disk filled up"):
+        export.export_onnx(tiny.model, exported.parent)
+    assert exported.read_bytes() == before
+    assert not exported.parent.with_name(exported.parent.name + ".partial").exists()
+
+
 def test_missing_external_data_is_named(tmp_path, exported):
     copy = tmp_path / "model.onnx"
     copy.write_bytes(exported.read_bytes())
