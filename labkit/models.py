@@ -162,7 +162,8 @@ def qwen3_config(shape: dict, tokenizer=None):
     return Qwen3Config(**shape, **ids)
 
 
-def _random_qwen3(shape: dict):
+def _random_qwen3(name: str, shape: dict) -> LoadedModel:
+    """A seeded random Qwen3 of `shape`, with the bundled model's tokenizer."""
     import torch
     from transformers import AutoTokenizer, Qwen3ForCausalLM
 
@@ -176,37 +177,33 @@ def _random_qwen3(shape: dict):
         torch.random.set_rng_state(generator_state)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model.eval(), tokenizer
+    return LoadedModel(name, model.eval(), tokenizer, f"random, seed {RANDOM_SEED}")
 
 
 def tiny_qwen3() -> LoadedModel:
     """The toy Qwen3, whatever model the session has selected (demos use it under grading too)."""
-    model, tokenizer = _random_qwen3(QWEN3_TINY_SHAPE)
-    return LoadedModel("qwen3-tiny", model, tokenizer, f"random, seed {RANDOM_SEED}")
+    return _random_qwen3("qwen3-tiny", QWEN3_TINY_SHAPE)
 
 
-def _load_folder(folder: Path):
-    return (*_from_folder(folder), str(folder))
+def _load_folder(name: str, folder: Path) -> LoadedModel:
+    return LoadedModel(name, *_from_folder(folder), str(folder))
 
 
-_LOADERS: dict[str, Callable[[], tuple[object, object, str]]] = {
-    "smollm2-135m": lambda: _load_folder(default_model_folder()),
-    "qwen3-1.7b": lambda: _load_folder(qwen3_folder()),
-    "qwen3-1.7b-random": lambda: (*_random_qwen3(QWEN3_1_7B_SHAPE), f"random, seed {RANDOM_SEED}"),
+_LOADERS: dict[str, Callable[[], LoadedModel]] = {
+    "smollm2-135m": lambda: _load_folder("smollm2-135m", default_model_folder()),
+    "qwen3-1.7b": lambda: _load_folder("qwen3-1.7b", qwen3_folder()),
+    "qwen3-1.7b-random": lambda: _random_qwen3("qwen3-1.7b-random", QWEN3_1_7B_SHAPE),
+    "qwen3-tiny": tiny_qwen3,
 }
 
 
 def load(name: str | None = None) -> LoadedModel:
     """Load a model and its tokenizer, float32, eval mode."""
     chosen = resolve_name(name)
-    if chosen == "qwen3-tiny":
-        return tiny_qwen3()
     if chosen in _LOADERS:
-        model, tokenizer, origin = _LOADERS[chosen]()
-    else:  # a local folder given by path
-        hub.verify_model_folder(Path(chosen))
-        model, tokenizer, origin = _load_folder(Path(chosen))
-    return LoadedModel(chosen, model, tokenizer, origin)
+        return _LOADERS[chosen]()
+    hub.verify_model_folder(Path(chosen))  # a local folder given by path
+    return _load_folder(chosen, Path(chosen))
 
 
 def load_tokenizer(name: str | None = None):
