@@ -1,0 +1,49 @@
+import math
+
+import numpy as np
+import pytest
+
+from labkit import export, quality, runtime
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory, tiny):
+    return runtime.session(export.export_onnx(tiny.model, tmp_path_factory.mktemp("onnx") / "fp32"))
+
+
+def test_perplexity_of_a_uniform_model_is_the_vocabulary(tiny):
+    vocab = len(tiny.tokenizer)
+    uniform = lambda ids: np.zeros((1, ids.shape[1], vocab), np.float32)  # noqa: E731
+    assert quality.perplexity(uniform, tiny.tokenizer, "a short text of several tokens") == pytest.approx(vocab)
+
+
+def test_perplexity_rewards_the_right_next_token(tiny):
+    text = "one two three four five"
+    ids = tiny.tokenizer(text, add_special_tokens=False)["input_ids"]
+    vocab = max(ids) + 1
+
+    def oracle(batch):  # puts logit 10 on each true next token
+        out = np.zeros((1, len(ids), vocab), np.float32)
+        for t, nxt in enumerate(ids[1:]):
+            out[0, t, nxt] = 10.0
+        return out
+
+    expected = math.exp(-(10 - math.log(math.exp(10) + vocab - 1)))
+    assert quality.perplexity(oracle, tiny.tokenizer, text) == pytest.approx(expected)
+
+
+def test_onnx_and_torch_perplexities_agree(session, tiny):
+    onnx_ppl = quality.heldout_perplexities(quality.session_logits(session), tiny.tokenizer)
+    torch_ppl = quality.heldout_perplexities(quality.torch_logits(tiny.model), tiny.tokenizer)
+    for lang in ("en", "zh"):
+        assert onnx_ppl[lang] == pytest.approx(torch_ppl[lang], rel=1e-5)
+
+
+def test_prefix_agreement():
+    assert quality.prefix_agreement([1, 2, 3, 4], [1, 2, 3, 4]) == 1
+    assert quality.prefix_agreement([1, 2, 9, 4], [1, 2, 3, 4]) == 0.5  # the later match does not count
+    assert quality.prefix_agreement([7], [1]) == 0
+
+
+def test_a_graph_agrees_with_itself(session, tiny):
+    assert quality.greedy_agreement(session, session, tiny.tokenizer, new_tokens=4) == 1.0
