@@ -8,17 +8,12 @@ from pathlib import Path
 
 from . import models, onnx_graph, parity, runtime
 from .export import export_onnx
-from .paths import artifacts_dir
+from .paths import onnx_dir
 
 
 def peak_rss_gb() -> float:
     """This process's peak resident memory so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
-
-
-def onnx_dir(model_name: str, variant: str = "fp32") -> Path:
-    """Where the lab keeps a model's ONNX files: <artifacts>/onnx/<model>/<variant>/."""
-    return artifacts_dir() / "onnx" / model_name / variant
 
 
 def bench_export(name: str | None = None, json_path: str | Path | None = None) -> dict:

@@ -10,25 +10,21 @@ from .parity import LOGIT_TOLERANCE, Parity
 SIZE_TOLERANCE = 0.05
 
 
-def _io(path):
-    return onnx_graph.graph_io(path)
-
-
 def input_names(path: str | Path, expected: list[str]) -> None:
-    names = [v["name"] for v in _io(path)["inputs"]]
+    names = [v["name"] for v in onnx_graph.graph_io(path)["inputs"]]
     assert names == expected, (f"graph inputs are {names}, expected exactly {expected} in that order: "
                                "check input_names and the wrapper's forward signature")
 
 
 def input_dtypes(path: str | Path, dtype: str = "int64") -> None:
-    wrong = {v["name"]: v["dtype"] for v in _io(path)["inputs"] if v["dtype"] != dtype}
+    wrong = {v["name"]: v["dtype"] for v in onnx_graph.graph_io(path)["inputs"] if v["dtype"] != dtype}
     assert not wrong, f"inputs must be {dtype} (token ids and masks); got {wrong}"
 
 
-def symbolic_dims(path: str | Path, axes: dict[int, str] | None = None) -> None:
+def symbolic_dims(path: str | Path, axes: tuple[int, ...] = (0, 1)) -> None:
     """Every input's batch (0) and sequence (1) dims must be named, not fixed numbers."""
-    for v in _io(path)["inputs"]:
-        for axis in (axes or {0: "batch", 1: "sequence"}):
+    for v in onnx_graph.graph_io(path)["inputs"]:
+        for axis in axes:
             dim = v["shape"][axis] if axis < len(v["shape"]) else None
             assert isinstance(dim, str), (
                 f"input {v['name']} has a fixed size {dim!r} on axis {axis}: the graph would only accept "
@@ -36,7 +32,7 @@ def symbolic_dims(path: str | Path, axes: dict[int, str] | None = None) -> None:
 
 
 def logits_output(path: str | Path, vocab_size: int) -> None:
-    outputs = _io(path)["outputs"]
+    outputs = onnx_graph.graph_io(path)["outputs"]
     assert [o["name"] for o in outputs] == ["logits"], (
         f"outputs are {[o['name'] for o in outputs]}, expected only ['logits']: return the logits tensor "
         "from forward, not the model's output object")

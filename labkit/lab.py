@@ -11,9 +11,8 @@ import time
 from pathlib import Path
 
 from . import env, models, onnx_graph, parity, runtime
-from .benchmarks import onnx_dir
 from .export import export_onnx
-from .paths import artifact_path
+from .paths import artifact_path, onnx_dir
 
 CHECK_PROMPT = "What is the capital of France?"
 
@@ -64,7 +63,8 @@ def run_lab(name: str | None = None, out_dir: Path | None = None) -> Path:
     match = parity.check_parity(loaded.model, runtime.session(onnx_path), loaded.tokenizer)
     exported = {"path": str(onnx_path), "export_s": round(export_s, 1), "bytes": onnx_graph.file_bytes(onnx_path),
                 "max_abs_logit_diff": match.max_abs_logit_diff, "greedy_match": match.greedy_match}
-    print(f"{onnx_graph.describe(onnx_path)}\nexported in {exported['export_s']} s; {match.summary()}", flush=True)
+    graph_summary = onnx_graph.describe(onnx_path)
+    print(f"{graph_summary}\nexported in {exported['export_s']} s; {match.summary()}", flush=True)
 
     report_md = out_dir / "report.md"
     report_md.write_text(
@@ -73,7 +73,7 @@ def run_lab(name: str | None = None, out_dir: Path | None = None) -> Path:
         + f"- model: `{check['model']}` ({check['params']:,} parameters), from `{check['origin']}`\n"
         + f"- Q: {check['prompt']}\n- A: {check['reply']}\n"
         + f"- {check['new_tokens']} new tokens at {check['tok_s']} tok/s (PyTorch eager, greedy)\n"
-        + "\n## 02 Export to ONNX\n\n```\n" + onnx_graph.describe(onnx_path) + "\n```\n\n"
+        + "\n## 02 Export to ONNX\n\n```\n" + graph_summary + "\n```\n\n"
         + f"- exported in {exported['export_s']} s to `{onnx_path}`\n- parity: {match.summary()}\n")
     (out_dir / "model_check.json").write_text(json.dumps(check, indent=1))
     (out_dir / "export.json").write_text(json.dumps(exported, indent=1))

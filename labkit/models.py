@@ -87,9 +87,13 @@ def resolve_name(name: str | None = None) -> str:
 
 # --- where each model's files live -------------------------------------------------
 
+def _converted_folder() -> Path:
+    return artifacts_dir() / "models" / DEFAULT_MODEL
+
+
 def default_model_folder() -> Path:
     """The converted float32 folder of the bundled model, converting on first use."""
-    folder = artifacts_dir() / "models" / DEFAULT_MODEL
+    folder = _converted_folder()
     if not gguf_convert.is_converted(folder):
         gguf_convert.convert(folder)
     return folder
@@ -251,8 +255,7 @@ def availability(name: str) -> tuple[bool, str]:
                 return True, str(folder)
             return False, "no local folder; python -m labkit download qwen3-1.7b"
         gguf = gguf_convert.bundled_gguf()  # every other model needs the bundled tokenizer
-        folder = artifacts_dir() / "models" / DEFAULT_MODEL
-        state = "converted" if gguf_convert.is_converted(folder) else "converted on first use"
+        state = "converted" if gguf_convert.is_converted(_converted_folder()) else "converted on first use"
         return True, f"{gguf.name} ({state})"
     except gguf_convert.BundledModelMissing:
         return False, "python -m labkit install-model"

@@ -23,6 +23,11 @@ def artifacts_dir() -> Path:
     return root
 
 
+def onnx_dir(model_name: str, variant: str = "fp32") -> Path:
+    """Where a model's ONNX files live: <artifacts>/onnx/<model>/<variant>/."""
+    return artifacts_dir() / "onnx" / model_name / variant
+
+
 def artifact_path(*parts: str) -> Path:
     """A path below the artifacts directory; its parent folder exists."""
     path = artifacts_dir().joinpath(*parts)
