@@ -69,6 +69,13 @@ def _bench_export(args) -> int:
     return 0
 
 
+def _bench_quant(args) -> int:
+    from .benchmarks import bench_quant
+
+    bench_quant(args.model, args.json)
+    return 0
+
+
 def _release(args) -> int:
     from .course import publish
 
@@ -100,6 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", help="registry name (default: $LABKIT_MODEL or smollm2-135m)")
     p.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     p.set_defaults(run=_bench_export)
+    p = sub.add_parser("bench-quant", help="INT8 static quantization with the lab's recipe; print size, "
+                       "quality and speed")
+    p.add_argument("--model", help="registry name (default: the session's model)")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    p.set_defaults(run=_bench_quant)
     p = sub.add_parser("release", help="regenerate release/ and notebooks/ from source/")
     p.set_defaults(run=_release)
     args = parser.parse_args(argv)

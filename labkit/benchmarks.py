@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from . import models, onnx_graph, parity, runtime
-from .export import export_onnx
+from .export import cached_export, export_onnx
 from .paths import onnx_dir
 
 
@@ -33,6 +33,54 @@ def bench_export(name: str | None = None, json_path: str | Path | None = None) -
           f"(load {result['load_s']} s), peak RSS {result['peak_rss_gb']} GB, "
           f"{result['onnx_bytes'] / 1e9:.2f} GB on disk ({result['onnx_bytes'] / (4 * result['params']):.3f} x "
           f"4 bytes/param), max |logit diff| {diff:.1e}")
+    if json_path:
+        Path(json_path).write_text(json.dumps(result, indent=1))
+        print(f"Wrote {json_path}")
+    return result
+
+
+def bench_quant(name: str | None = None, json_path: str | Path | None = None) -> dict:
+    """Static INT8 with the lab's recipe (sensitivity scan included): wall time,
+    peak RSS, sizes, held-out perplexity, greedy agreement and no-cache tokens/s."""
+    import gc
+
+    from . import calibration, quality, quantize
+
+    loaded = models.load(name)
+    fp32 = cached_export(loaded.model, onnx_dir(loaded.name))
+    reader = calibration.PromptReader(loaded.tokenizer)
+    started = time.perf_counter()
+    big = loaded.params > 1e9  # keeps the 1.7B scan within minutes
+    recipe = quantize.lab_recipe(loaded.model, reader, scan_feeds=12 if big else None)
+    scan_s = time.perf_counter() - started
+    tokenizer, model_name = loaded.tokenizer, loaded.name
+    del loaded
+    gc.collect()
+    int8 = quantize.quantize_int8_static(fp32, onnx_dir(model_name, "int8"), reader, recipe)
+    wall_s = time.perf_counter() - started
+    peak = peak_rss_gb()  # before the evaluation sessions below
+    result = {"model": model_name, "fp32_bytes": onnx_graph.file_bytes(fp32),
+              "int8_bytes": onnx_graph.file_bytes(int8)}
+    result["ratio"] = round(result["int8_bytes"] / result["fp32_bytes"], 4)
+    result.update(wall_s=round(wall_s, 1), scan_s=round(scan_s, 1), peak_rss_gb=round(peak, 2))
+    print(f"quantized in {result['wall_s']} s (scan {result['scan_s']} s), peak RSS {result['peak_rss_gb']} GB, "
+          f"{result['ratio']:.1%} of FP32; now measuring quality and speed", flush=True)
+    threads = runtime.default_threads()
+    runs = {}
+    for label, path in (("fp32", fp32), ("int8", int8)):
+        session = runtime.session(path, threads)
+        ppl = quality.heldout_perplexities(quality.session_logits(session), tokenizer)
+        tokens, seconds = quality.greedy_runs(session, tokenizer)
+        runs[label] = tokens
+        result[f"ppl_{label}"] = {lang: round(value, 3) for lang, value in ppl.items()}
+        result[f"tok_s_{label}"] = round(sum(map(len, tokens)) / seconds, 2)
+        del session
+    result.update(agreement=round(quality.agreement(runs["int8"], runs["fp32"]), 4), threads=threads,
+                  weight_only=list(recipe.weight_only), int8_path=str(int8))
+    print(f"{model_name}: INT8 {result['int8_bytes'] / 1e6:,.1f} MB = {result['ratio']:.1%} of FP32 "
+          f"{result['fp32_bytes'] / 1e6:,.1f} MB\nperplexity FP32 {result['ppl_fp32']} INT8 {result['ppl_int8']}; greedy agreement "
+          f"{result['agreement']:.2f}; no-cache {result['tok_s_fp32']} -> {result['tok_s_int8']} tok/s "
+          f"({result['tok_s_int8'] / result['tok_s_fp32']:.2f}x, {threads} threads)")
     if json_path:
         Path(json_path).write_text(json.dumps(result, indent=1))
         print(f"Wrote {json_path}")

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import json
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
+from tqdm.auto import tqdm
+
+from .runtime import observing_session
 
 
 def calibration_prompts() -> list[str]:
@@ -77,3 +81,101 @@ def validate_reader(reader: CalibrationDataReader, graph_inputs: list[dict]) -> 
     wrong = {n: str(np.asarray(v).dtype) for n, v in feed.items() if str(np.asarray(v).dtype) != expected[n]}
     if wrong:
         raise ReaderMismatch(f"wrong dtypes {wrong}; the graph expects {wanted}")
+
+
+def channel_ranges(model_path: str | Path, reader: CalibrationDataReader, tensors: list[str],
+                   threads: int | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per-channel (last axis) min and max of float `tensors` over every feed of `reader`.
+
+    ORT's own calibrators load the weights into a ModelProto, save an augmented
+    copy and keep every feed's outputs: three copies of a 7 GB model. Here the
+    session reads the weights from the model's own data file and the ranges are
+    reduced feed by feed.
+    """
+    session = observing_session(model_path, tensors, threads)
+    lows: dict[str, np.ndarray] = {}
+    highs: dict[str, np.ndarray] = {}
+    total = len(reader) if hasattr(reader, "__len__") else None
+    with tqdm(total=total, desc="calibrate", unit="feed") as bar:
+        while (feed := reader.get_next()) is not None:
+            for name, value in zip(tensors, session.run(tensors, feed)):
+                flat = value.reshape(-1, value.shape[-1])
+                low, high = flat.min(axis=0), flat.max(axis=0)
+                if name in lows and lows[name].shape != low.shape:
+                    # The last axis is a sequence (attention scores): no channels to keep.
+                    low = np.minimum(low.min(), lows[name].min()).reshape(1)
+                    high = np.maximum(high.max(), highs[name].max()).reshape(1)
+                    lows[name], highs[name] = low, high
+                lows[name] = np.minimum(lows[name], low) if name in lows else low
+                highs[name] = np.maximum(highs[name], high) if name in highs else high
+            bar.update()
+    if hasattr(reader, "rewind"):
+        reader.rewind()
+    return {name: (lows[name], highs[name]) for name in tensors}
+
+
+def kv_input_names(layers: int) -> list[str]:
+    """The KV-cache graph's inputs, in the naming onnxruntime-genai and Optimum use."""
+    names = ["input_ids", "attention_mask", "position_ids"]
+    for i in range(layers):
+        names += [f"past_key_values.{i}.key", f"past_key_values.{i}.value"]
+    return names
+
+
+class KVCacheReader(CalibrationDataReader):
+    """Feeds for the KV-cache graph: for each prompt the prefill (past length 0)
+    and then `decode_steps` one-token steps whose past cache is recorded from the
+    float PyTorch model, generating greedily. Calibrating on prefill alone gives
+    decode-time activations (one token against a long cache) ranges never seen.
+    Feeds are computed on demand; a cache is megabytes per step."""
+
+    def __init__(self, model, tokenizer, prompts: list[str] | None = None, decode_steps: int = 4,
+                 max_tokens: int = 256):
+        self.model, self.decode_steps = model, decode_steps
+        self.prompts = list(prompts if prompts is not None else calibration_prompts())
+        self.prompt_feeds = [PromptReader._feed(tokenizer, p, max_tokens) for p in self.prompts]
+        config = model.config
+        self.layers = config.num_hidden_layers
+        self.kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self.rewind()
+
+    def _feeds(self):
+        import torch
+
+        for prompt in self.prompt_feeds:
+            ids = prompt["input_ids"]
+            empty = np.zeros((1, self.kv_heads, 0, self.head_dim), dtype=np.float32)
+            yield self._feed(ids, 0, [(empty, empty)] * self.layers)
+            with torch.no_grad():
+                out = self.model(input_ids=torch.from_numpy(ids), use_cache=True)
+                for _ in range(self.decode_steps):
+                    token = out.logits[:, -1:].argmax(-1)
+                    cache = out.past_key_values
+                    past = [(layer.keys.numpy(), layer.values.numpy()) for layer in cache.layers]
+                    yield self._feed(token.numpy().astype(np.int64), cache.get_seq_length(), past)
+                    out = self.model(input_ids=token, past_key_values=cache, use_cache=True)
+
+    @staticmethod
+    def _feed(ids: np.ndarray, past_length: int, past: list) -> dict[str, np.ndarray]:
+        steps = ids.shape[1]
+        feed = {"input_ids": ids,
+                "attention_mask": np.ones((1, past_length + steps), dtype=np.int64),
+                "position_ids": np.arange(past_length, past_length + steps, dtype=np.int64)[None]}
+        for i, (key, value) in enumerate(past):
+            feed[f"past_key_values.{i}.key"] = np.ascontiguousarray(key, dtype=np.float32)
+            feed[f"past_key_values.{i}.value"] = np.ascontiguousarray(value, dtype=np.float32)
+        return feed
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._iterator, None)
+
+    def rewind(self) -> None:
+        self._iterator = self._feeds()
+
+    def __len__(self) -> int:
+        return len(self.prompts) * (1 + self.decode_steps)
+
+    def preview(self, n: int = 3) -> str:
+        return (f"{len(self)} feeds: {len(self.prompts)} prompts x (prefill + {self.decode_steps} decode steps), "
+                f"{self.layers} layers of cache [1, {self.kv_heads}, past, {self.head_dim}]")

@@ -62,3 +62,29 @@ def greedy_identical(result: Parity) -> None:
     for i, (a, b) in enumerate(zip(result.tokens_torch, result.tokens_onnx)):
         first = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), None)
         assert first is None, f"prompt {i}: greedy tokens diverge at position {first} ({a[first]} vs {b[first]})"
+
+
+def quantized_model(path: str | Path) -> None:
+    """A valid ONNX file whose weights are mostly int8 and whose graph has quantized operators."""
+    import onnx
+
+    from .quantize import QUANTIZED_OPS, int8_weight_bytes
+
+    onnx.checker.check_model(str(path))
+    ops = set(onnx_graph.op_histogram(path)) & QUANTIZED_OPS
+    assert ops, f"{Path(path).name} has no quantized operators: did quantization run on this file?"
+    share = int8_weight_bytes(path) / onnx_graph.file_bytes(path)
+    assert share > 0.5, f"only {share:.0%} of the file is int8 weights: most weights were left in float"
+
+
+def size_ratio(path: str | Path, fp32_path: str | Path, at_most: float) -> float:
+    ratio = onnx_graph.file_bytes(path) / onnx_graph.file_bytes(fp32_path)
+    assert ratio <= at_most, (f"the INT8 file is {ratio:.1%} of FP32; it should be at most {at_most:.0%}. "
+                              "Is the embedding (and lm_head) quantized and stored once?")
+    return ratio
+
+
+def same_first_tokens(tokens: list[int], reference: list[int], first: int) -> None:
+    same = next((i for i, (a, b) in enumerate(zip(tokens, reference)) if a != b), min(len(tokens), len(reference)))
+    assert same >= first, (f"the quantized model's greedy answer leaves FP32's after {same} tokens; the first "
+                           f"{first} must match. Which layers lose the most to INT8? See the sensitivity scan.")

@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import errno
 import logging
-import os
-import shutil
 import sys
 import warnings
 from collections import Counter
@@ -29,6 +26,7 @@ from tqdm.auto import tqdm
 
 from .onnx_graph import BrokenOnnxFile, load_graph
 from .patches import export_patches
+from .paths import check_writable, staged_dir
 
 INPUT_NAMES = ["input_ids", "attention_mask"]
 OUTPUT_NAMES = ["logits"]
@@ -127,23 +125,6 @@ def readable_names(model: onnx.ModelProto) -> dict[str, str]:
 
 # --- writing -------------------------------------------------------------------------
 
-def _check_target(out_dir: Path, needed_bytes: int) -> None:
-    parent = out_dir.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ExportError(f"cannot write to {parent} ({exc.strerror}): choose a writable folder "
-                          "(or set LABKIT_ARTIFACTS to one)") from exc
-    if not os.access(parent, os.W_OK):
-        raise ExportError(f"cannot write to {parent}: choose a writable folder "
-                          "(or set LABKIT_ARTIFACTS to one)")
-    free = shutil.disk_usage(parent).free
-    if free < needed_bytes:
-        raise ExportError(f"not enough disk in {parent}: the model needs about "
-                          f"{needed_bytes / 1e9:.1f} GB, {free / 1e9:.1f} GB are free. Free space or set "
-                          "LABKIT_ARTIFACTS to a larger disk.")
-
-
 @contextlib.contextmanager
 def _quiet_exporter():
     """The exporter logs to stderr (e.g. 'torchvision is not installed'), which
@@ -168,52 +149,45 @@ def export_onnx(model: torch.nn.Module, out_dir: str | Path, *, wrapper: torch.n
     place only once the checker has passed them."""
     out_dir = Path(out_dir)
     params = sum(p.numel() for p in model.parameters())
-    _check_target(out_dir, needed_bytes=int(4 * params * 1.05))
+    check_writable(out_dir, int(4 * params * 1.05), ExportError)
     wrapper = (wrapper or LogitsWrapper(model)).eval()
     example = example or example_inputs(model.config.vocab_size)
-    partial = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
     steps = tqdm(total=4, desc="export", file=sys.stdout, unit="step")
     try:
-        steps.set_postfix_str("trace and translate (the slow part)")
-        # inference_mode(False): a notebook cell run under inference_mode would
-        # otherwise hand torch.export tensors it refuses to trace.
-        with export_patches(model), _quiet_exporter(), torch.inference_mode(False), torch.no_grad():
-            program = torch.onnx.export(
-                wrapper, example, dynamo=True, input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
-                dynamic_shapes=shapes or dynamic_shapes(), optimize=True, verbose=False)
-        steps.update()
-        steps.set_postfix_str("write weights")
-        partial.mkdir(parents=True)
-        program.save(str(partial / MODEL_FILE), external_data=True)
-        del program
-        steps.update()
-        steps.set_postfix_str("name nodes and weights")
-        graph = onnx.load(str(partial / MODEL_FILE), load_external_data=False)
-        readable_names(graph)
-        onnx.save(graph, str(partial / MODEL_FILE))
-        steps.update()
-        steps.set_postfix_str("check")
-        onnx.checker.check_model(str(partial / MODEL_FILE))
-        steps.update()
-    except OSError as exc:
-        shutil.rmtree(partial, ignore_errors=True)
-        if exc.errno == errno.ENOSPC:
-            raise ExportError(f"the disk filled up while writing {partial}; nothing was kept. "
-                              "Free space or set LABKIT_ARTIFACTS to a larger disk.") from exc
-        raise ExportError(f"could not write the ONNX files to {partial}: {exc}") from exc
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
+        with staged_dir(out_dir, ExportError) as partial:
+            steps.set_postfix_str("trace and translate (the slow part)")
+            # inference_mode(False): a notebook cell run under inference_mode would
+            # otherwise hand torch.export tensors it refuses to trace.
+            with export_patches(model), _quiet_exporter(), torch.inference_mode(False), torch.no_grad():
+                program = torch.onnx.export(
+                    wrapper, example, dynamo=True, input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
+                    dynamic_shapes=shapes or dynamic_shapes(), optimize=True, verbose=False)
+            steps.update()
+            steps.set_postfix_str("write weights")
+            program.save(str(partial / MODEL_FILE), external_data=True)
+            del program
+            steps.update()
+            steps.set_postfix_str("name nodes and weights")
+            graph = onnx.load(str(partial / MODEL_FILE), load_external_data=False)
+            readable_names(graph)
+            onnx.save(graph, str(partial / MODEL_FILE))
+            steps.update()
+            steps.set_postfix_str("check")
+            onnx.checker.check_model(str(partial / MODEL_FILE))
+            steps.update()
     finally:
         steps.close()
-    old = out_dir.with_name(out_dir.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out_dir.exists():
-        out_dir.rename(old)
-    partial.rename(out_dir)
-    shutil.rmtree(old, ignore_errors=True)
     return out_dir / MODEL_FILE
+
+
+def cached_export(model: torch.nn.Module, out_dir: str | Path) -> Path:
+    """`out_dir/model.onnx` if a readable export is there (notebook 02 made it), else export now."""
+    path = Path(out_dir) / MODEL_FILE
+    try:
+        load_graph(path)
+        return path
+    except BrokenOnnxFile:
+        return export_onnx(model, out_dir)
 
 
 def tied_embedding_copies(path: str | Path) -> int:

@@ -5,7 +5,10 @@ release and submission, and an ONNX file is gigabytes.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import shutil
 from pathlib import Path
 
 ARTIFACTS_ENV = "LABKIT_ARTIFACTS"
@@ -33,3 +36,48 @@ def artifact_path(*parts: str) -> Path:
     path = artifacts_dir().joinpath(*parts)
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def check_writable(out_dir: Path, needed_bytes: int, error: type[Exception]) -> None:
+    """Fail before any work when `out_dir` cannot be written or its disk is too small."""
+    parent = out_dir.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise error(f"cannot write to {parent} ({exc.strerror}): choose a writable folder "
+                    "(or set LABKIT_ARTIFACTS to one)") from exc
+    if not os.access(parent, os.W_OK):
+        raise error(f"cannot write to {parent}: choose a writable folder (or set LABKIT_ARTIFACTS to one)")
+    free = shutil.disk_usage(parent).free
+    if free < needed_bytes:
+        raise error(f"not enough disk in {parent}: this needs about {needed_bytes / 1e9:.1f} GB, "
+                    f"{free / 1e9:.1f} GB are free. Free space or set LABKIT_ARTIFACTS to a larger disk.")
+
+
+@contextlib.contextmanager
+def staged_dir(out_dir: str | Path, error: type[Exception]):
+    """Yield `<out_dir>.partial` to write into; on success it replaces `out_dir`.
+    On any failure (a full disk, Ctrl-C) the partial folder is removed and a
+    previous `out_dir` stays untouched, so no half-written model ever carries
+    the final name."""
+    out_dir = Path(out_dir)
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        partial.mkdir(parents=True)
+        yield partial
+    except OSError as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        if exc.errno == errno.ENOSPC:
+            raise error(f"the disk filled up while writing {partial}; nothing was kept. "
+                        "Free space or set LABKIT_ARTIFACTS to a larger disk.") from exc
+        raise error(f"could not write {partial}: {exc}") from exc
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    old = out_dir.with_name(out_dir.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out_dir.exists():
+        out_dir.rename(old)
+    partial.rename(out_dir)
+    shutil.rmtree(old, ignore_errors=True)

@@ -3,6 +3,7 @@ held-out text and greedy-token agreement on held-out prompts (notebook 03)."""
 from __future__ import annotations
 
 import math
+import time
 from typing import Callable
 
 import numpy as np
@@ -52,11 +53,58 @@ def prefix_agreement(a: list[int], b: list[int]) -> float:
     return same / max(len(a), len(b), 1)
 
 
-def greedy_agreement(session, reference_session, tokenizer, new_tokens: int = GREEDY_TOKENS) -> float:
-    """Mean prefix agreement with the reference graph over the held-out prompts."""
-    scores = []
+def greedy_runs(session, tokenizer, new_tokens: int = GREEDY_TOKENS) -> tuple[list[list[int]], float]:
+    """Greedy tokens for each held-out prompt, and the seconds all of them took."""
+    runs, seconds = [], 0.0
     for item in heldout()["prompts"]:
         ids = chat_ids(tokenizer, item["prompt"]).numpy()
-        scores.append(prefix_agreement(greedy_ort(session, ids, new_tokens),
-                                       greedy_ort(reference_session, ids, new_tokens)))
-    return float(np.mean(scores))
+        started = time.perf_counter()
+        runs.append(greedy_ort(session, ids, new_tokens))
+        seconds += time.perf_counter() - started
+    return runs, seconds
+
+
+def agreement(runs: list[list[int]], reference_runs: list[list[int]]) -> float:
+    """Mean prefix agreement over paired runs."""
+    return float(np.mean([prefix_agreement(a, b) for a, b in zip(runs, reference_runs)]))
+
+
+def greedy_agreement(session, reference_session, tokenizer, new_tokens: int = GREEDY_TOKENS) -> float:
+    """Mean prefix agreement with the reference graph over the held-out prompts."""
+    return agreement(greedy_runs(session, tokenizer, new_tokens)[0],
+                     greedy_runs(reference_session, tokenizer, new_tokens)[0])
+
+
+def compare(models: dict[str, str | Path], tokenizer, reference: str = "FP32",
+            new_tokens: int = GREEDY_TOKENS, threads: int | None = None):
+    """One row per graph: size, ratio to the reference, held-out perplexity, greedy
+    agreement with the reference and no-cache tokens/s, all on the same threads."""
+    import pandas as pd
+
+    from .onnx_graph import file_bytes
+    from .runtime import session
+
+    runs, rows = {}, []
+    for label, path in models.items():
+        graph = session(path, threads)
+        ppl = heldout_perplexities(session_logits(graph), tokenizer)
+        runs[label], seconds = greedy_runs(graph, tokenizer, new_tokens)
+        rows.append({"model": label, "MB": file_bytes(path) / 1e6, "ppl_en": ppl["en"], "ppl_zh": ppl["zh"],
+                     "tok_s": sum(map(len, runs[label])) / seconds})
+    table = pd.DataFrame(rows).set_index("model")
+    table.insert(1, "ratio", table["MB"] / table.loc[reference, "MB"])
+    table.insert(4, "agreement", [agreement(runs[label], runs[reference]) for label in table.index])
+    return table.round({"MB": 1, "ratio": 3, "ppl_en": 2, "ppl_zh": 2, "agreement": 2, "tok_s": 1})
+
+
+def side_by_side(sessions: dict, tokenizer, prompt: str, new_tokens: int = 24) -> str:
+    """Each graph's greedy answer to `prompt`, up to its end of turn, one per line."""
+    ids = chat_ids(tokenizer, prompt).numpy()
+    width = max(map(len, sessions))
+    lines = [f"Q: {prompt}"]
+    for label, session in sessions.items():
+        tokens = greedy_ort(session, ids, new_tokens)
+        if tokenizer.eos_token_id in tokens:
+            tokens = tokens[:tokens.index(tokenizer.eos_token_id)]
+        lines.append(f"  {label:<{width}}  {tokenizer.decode(tokens, skip_special_tokens=True).strip()}")
+    return "\n".join(lines)

@@ -4,9 +4,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import onnx
 import onnxruntime as ort
 
 from .onnx_graph import BrokenOnnxFile, load_graph
+
+
+def default_threads() -> int:
+    """The cores this process may use (a container or taskset may allow fewer than the machine has)."""
+    return len(os.sched_getaffinity(0))
 
 
 def session(path: str | Path, threads: int | None = None) -> ort.InferenceSession:
@@ -14,9 +20,25 @@ def session(path: str | Path, threads: int | None = None) -> ort.InferenceSessio
     A missing model or external-data file raises BrokenOnnxFile naming it."""
     load_graph(path)  # clear errors before ORT's terse ones
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
+    options.intra_op_num_threads = threads or default_threads()
     options.log_severity_level = 3  # ORT's warnings go to stderr, which zeroes a graded cell
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - ORT raises its own hierarchy
         raise BrokenOnnxFile(f"ONNX Runtime cannot load {path}: {exc}") from exc
+
+
+def observing_session(path: str | Path, tensors: list[str], threads: int | None = None) -> ort.InferenceSession:
+    """A session that also returns the intermediate `tensors`, unoptimized so that
+    none is fused away. The graph is edited in memory without its weights, which
+    the session reads from the model's own folder: no copy of a 7 GB file."""
+    path = Path(path)
+    graph = load_graph(path)
+    for name in tensors:
+        graph.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or default_threads()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(path.parent))
+    return ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])

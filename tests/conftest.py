@@ -34,3 +34,11 @@ def closed_port_url():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     return f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory, tiny):
+    """The tiny Qwen3's no-cache export, shared by the tests that only read it."""
+    from labkit import export
+
+    return export.export_onnx(tiny.model, tmp_path_factory.mktemp("onnx") / "fp32")

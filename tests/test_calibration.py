@@ -3,13 +3,12 @@ import re
 import numpy as np
 import pytest
 
-from labkit import calibration, export, onnx_graph
+from labkit import calibration, onnx_graph
 
 
 @pytest.fixture(scope="module")
-def graph_inputs(tmp_path_factory, tiny):
-    path = export.export_onnx(tiny.model, tmp_path_factory.mktemp("onnx") / "fp32")
-    return onnx_graph.graph_io(path)["inputs"]
+def graph_inputs(tiny_onnx):
+    return onnx_graph.graph_io(tiny_onnx)["inputs"]
 
 
 def test_prompt_set_is_bilingual_and_disjoint_from_heldout():

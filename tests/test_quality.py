@@ -3,12 +3,12 @@ import math
 import numpy as np
 import pytest
 
-from labkit import export, quality, runtime
+from labkit import quality, runtime
 
 
 @pytest.fixture(scope="module")
-def session(tmp_path_factory, tiny):
-    return runtime.session(export.export_onnx(tiny.model, tmp_path_factory.mktemp("onnx") / "fp32"))
+def session(tiny_onnx):
+    return runtime.session(tiny_onnx)
 
 
 def test_perplexity_of_a_uniform_model_is_the_vocabulary(tiny):

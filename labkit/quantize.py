@@ -1,0 +1,323 @@
+"""Quantizing the exported float graph: INT8 static (the lab's recipe), INT8
+dynamic and INT4 weight-only for comparison (notebook 03).
+
+Static INT8 runs in four passes, each streaming weights one tensor at a time,
+so a 1.7B model needs about one copy of itself in RAM:
+1. calibrate: per-channel activation ranges from the calibration reader;
+2. prepare: an equivalent float graph (SmoothQuant folded into the weights,
+   lm_head given its own [hidden, vocab] weight);
+3. ONNX Runtime's `quantize_static`, fed the ranges through its calibration cache;
+4. finish: the embedding lookup reads lm_head's int8 weight, so the tied matrix
+   is stored once, in int8; the outlier layers get int8 weights, float activations.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quantize_dynamic,
+                                      quantize_static)
+from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
+from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+from tqdm.auto import tqdm
+
+from . import onnx_weights, smoothquant
+from .calibration import channel_ranges, validate_reader
+from .onnx_graph import file_bytes, graph_io, load_graph
+from .paths import check_writable, staged_dir
+
+MODEL_FILE = "model.onnx"
+QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
+                 "QLinearMatMul", "MatMulIntegerToFloat", "MatMulNBits", "GatherBlockQuantized"}
+_TYPES = {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}
+
+
+class QuantizeError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The choices of static INT8 quantization; the defaults are the lab's recipe."""
+    quant_format: str = "QDQ"             # QuantizeLinear/DequantizeLinear pairs that ORT fuses to int8 kernels
+    activation_type: str = "u8"           # x86's VNNI instructions multiply u8 activations by s8 weights
+    weight_type: str = "s8"
+    per_channel: bool = True              # one scale per output channel of each weight
+    weights_only_matmuls: bool = True     # attention's activation x activation MatMuls stay float
+    smooth_alpha: float | None = 0.65     # SmoothQuant migration strength; None: off
+    weight_only: tuple[str, ...] = ()     # linears (e.g. "model.layers.11.mlp.down_proj") whose
+                                          # activations stay float: int8 weights only
+    share_embedding: bool = True          # embedding and lm_head read one int8 matrix
+
+    def describe(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+
+# ONNX Runtime's defaults: int8 activations, one scale per tensor, every MatMul.
+NAIVE = Recipe(activation_type="s8", per_channel=False, weights_only_matmuls=False, smooth_alpha=None,
+               share_embedding=False)
+
+
+def assert_float_model(path: str | Path) -> onnx.ModelProto:
+    """The graph (without weights) of a float model; QuantizeError for anything else."""
+    graph = load_graph(path)
+    quantized = sorted({n.op_type for n in graph.graph.node} & QUANTIZED_OPS)
+    if quantized:
+        raise QuantizeError(f"{path} is already quantized (it has {', '.join(quantized)}); "
+                            "quantize the float32 export instead")
+    weights = {t.name: t for t in graph.graph.initializer}
+    if not any(n.op_type == "MatMul" and n.input[1] in weights
+               and weights[n.input[1]].data_type == onnx.TensorProto.FLOAT for n in graph.graph.node):
+        raise QuantizeError(f"{path} has no float32 MatMul weights to quantize")
+    return graph
+
+
+def _matmuls(graph: onnx.ModelProto) -> tuple[list[onnx.NodeProto], list[onnx.NodeProto]]:
+    """(MatMuls with a weight, MatMuls of two activations)."""
+    weights = {t.name for t in graph.graph.initializer}
+    nodes = [n for n in graph.graph.node if n.op_type == "MatMul"]
+    return [n for n in nodes if n.input[1] in weights], [n for n in nodes if n.input[1] not in weights]
+
+
+def _tied_lm_head(graph: onnx.ModelProto) -> tuple[onnx.NodeProto, onnx.NodeProto, onnx.NodeProto] | None:
+    """(embedding Gather, Transpose, lm_head MatMul) when the output layer reads the
+    embedding matrix through a Transpose, as a tied export does."""
+    weights = {t.name for t in graph.graph.initializer}
+    gather = next((n for n in graph.graph.node if n.op_type == "Gather" and n.input[0] in weights), None)
+    if gather is None:
+        return None
+    for transpose in graph.graph.node:
+        if transpose.op_type == "Transpose" and transpose.input[0] == gather.input[0]:
+            matmul = next((n for n in graph.graph.node if n.op_type == "MatMul" and n.input[1] == transpose.output[0]),
+                          None)
+            if matmul is not None:
+                return gather, transpose, matmul
+    return None
+
+
+def untie_lm_head(graph: onnx.ModelProto, src_dir: Path) -> dict[str, np.ndarray]:
+    """Give lm_head its own [hidden, vocab] weight `lm_head.weight` (returned, to be
+    added to the graph), so quantizers see it as an ordinary MatMul weight."""
+    tied = _tied_lm_head(graph)
+    if tied is None:
+        return {}
+    gather, transpose, matmul = tied
+    table = onnx_weights.initializers(graph)[gather.input[0]]
+    matmul.input[1] = "lm_head.weight"
+    graph.graph.node.remove(transpose)
+    return {"lm_head.weight": np.ascontiguousarray(onnx_weights.read(table, src_dir).T)}
+
+
+def _per_tensor(ranges: dict[str, tuple[np.ndarray, np.ndarray]]) -> TensorsData:
+    # Zero must be representable exactly: padding and ReLU-like zeros stay zero.
+    return TensorsData(CalibrationMethod.MinMax, {
+        name: (np.float32(min(low.min(), 0.0)), np.float32(max(high.max(), 0.0)))
+        for name, (low, high) in ranges.items()})
+
+
+def _share_int8_embedding(graph: onnx.ModelProto) -> None:
+    """Make the embedding lookup read lm_head's int8 [hidden, vocab] weight: gather
+    columns, scale them, transpose. The float embedding matrix is then unused."""
+    producer = {o: n for n in graph.graph.node for o in n.output}
+    lm_head = next(n for n in graph.graph.node if n.op_type == "MatMul" and n.name.startswith("lm_head"))
+    quantized, scale = producer[lm_head.input[1]].input[:2]
+    weights = onnx_weights.initializers(graph)
+    gather = next(n for n in graph.graph.node if n.op_type == "Gather" and n.input[0] in weights)
+    ids, out = gather.input[1], gather.output[0]
+    position = list(graph.graph.node).index(gather)
+    graph.graph.node.remove(gather)
+    make = onnx.helper.make_node
+    nodes = [  # zero points are 0: int8 weights are symmetric
+        make("Gather", [quantized, ids], [out + "_int8"], name="model.embed_tokens/Gather", axis=1),
+        make("Cast", [out + "_int8"], [out + "_float"], name="model.embed_tokens/Cast", to=onnx.TensorProto.FLOAT),
+        make("Gather", [scale, ids], [out + "_scale"], name="model.embed_tokens/GatherScale", axis=0),
+        make("Mul", [out + "_float", out + "_scale"], [out + "_columns"], name="model.embed_tokens/Mul"),
+        make("Transpose", [out + "_columns"], [out], name="model.embed_tokens/Transpose", perm=[1, 2, 0]),
+    ]
+    for offset, node in enumerate(nodes):
+        graph.graph.node.insert(position + offset, node)
+
+
+def _symmetric_int8(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-output-channel (axis 1 of a [in, out] MatMul weight) symmetric int8."""
+    scale = np.maximum(np.abs(weight).max(axis=0), 1e-12).astype(np.float32) / 127
+    return np.clip(np.rint(weight / scale), -127, 127).astype(np.int8), scale
+
+
+def _weight_only(graph: onnx.ModelProto, src_dir: Path, linears: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """int8 weights with a DequantizeLinear in front of each named linear's MatMul;
+    its activations stay float. Returns the initializers to add."""
+    weights = onnx_weights.initializers(graph)
+    added = {}
+    for linear in linears:
+        node = next((n for n in graph.graph.node if n.name == f"{linear}/MatMul"), None)
+        if node is None:
+            raise QuantizeError(f"no MatMul named {linear}/MatMul; weight_only takes names like "
+                                "'model.layers.3.mlp.down_proj'")
+        name = node.input[1]
+        quantized, scale = _symmetric_int8(np.asarray(onnx_weights.read(weights[name], src_dir)))
+        added.update({f"{name}_quantized": quantized, f"{name}_scale": scale,
+                      f"{name}_zero_point": np.zeros_like(scale, dtype=np.int8)})
+        position = list(graph.graph.node).index(node)
+        graph.graph.node.insert(position, onnx.helper.make_node(
+            "DequantizeLinear", [f"{name}_quantized", f"{name}_scale", f"{name}_zero_point"],
+            [f"{name}_dequantized"], name=f"{linear}/DequantizeLinear", axis=1))
+        node.input[1] = f"{name}_dequantized"
+    return added
+
+
+@contextlib.contextmanager
+def _quiet_ort_quantizer():
+    """quantize_static logs "consider pre-processing" to the root logger, i.e. to
+    stderr in a notebook. Its pre-processing (symbolic shape inference) targets
+    CNNs; our graph already carries its shapes."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def _record(graph: onnx.ModelProto, key: str, value: str) -> None:
+    entry = next((p for p in graph.metadata_props if p.key == key), None) or graph.metadata_props.add(key=key)
+    entry.value = value
+
+
+def quantize_int8_static(fp32_path: str | Path, out_dir: str | Path, reader, recipe: Recipe = Recipe(),
+                         threads: int | None = None) -> Path:
+    """Quantize the float graph at `fp32_path` with `recipe`, calibrating on
+    `reader`; writes `out_dir/model.onnx` (+ `.data`) and returns its path."""
+    fp32_path, out_dir = Path(fp32_path), Path(out_dir)
+    graph = assert_float_model(fp32_path)
+    validate_reader(reader, graph_io(graph)["inputs"])
+    check_writable(out_dir, int(file_bytes(fp32_path) * 1.6), QuantizeError)
+    with_weight, activation_only = _matmuls(graph)
+    tied = _tied_lm_head(graph) if recipe.share_embedding else None
+    if tied:  # lm_head gets a weight of its own before ORT sees the graph
+        activation_only.remove(tied[2])
+        with_weight.append(tied[2])
+    observed = [n.input[0] for n in with_weight]
+    if not recipe.weights_only_matmuls:
+        observed += [x for n in activation_only for x in n.input]
+    observed = list(dict.fromkeys(observed))
+    steps = tqdm(total=4, desc="quantize", unit="step", file=sys.stdout)
+    try:
+        with staged_dir(out_dir, QuantizeError) as work:
+            steps.set_postfix_str("calibrate")
+            ranges = channel_ranges(fp32_path, reader, observed, threads)
+            steps.update()
+
+            steps.set_postfix_str("prepare the float graph")
+            (work / "float").mkdir()
+            factors = {}
+            if recipe.smooth_alpha is not None:
+                factors, ranges = smoothquant.smooth(graph, fp32_path.parent, ranges, recipe.smooth_alpha,
+                                                     skip=set(recipe.weight_only))
+            added = untie_lm_head(graph, fp32_path.parent) if tied else {}
+            onnx_weights.save(graph, fp32_path.parent, work / "float" / MODEL_FILE,
+                              replace=smoothquant.apply(factors), added=added)
+            del added
+            save_tensors_data(_per_tensor(ranges), work / "ranges.json")
+            steps.update()
+
+            steps.set_postfix_str("quantize (onnxruntime)")
+            (work / "qdq").mkdir()
+            with _quiet_ort_quantizer():
+                quantize_static(
+                    str(work / "float" / MODEL_FILE), str(work / "qdq" / MODEL_FILE), None,
+                    calibration_cache_path=str(work / "ranges.json"), calibrate_method=CalibrationMethod.MinMax,
+                    quant_format=QuantFormat.QDQ if recipe.quant_format == "QDQ" else QuantFormat.QOperator,
+                    op_types_to_quantize=["MatMul"], per_channel=recipe.per_channel,
+                    activation_type=_TYPES[recipe.activation_type], weight_type=_TYPES[recipe.weight_type],
+                    nodes_to_exclude=[f"{name}/MatMul" for name in recipe.weight_only] + (
+                        [n.name for n in activation_only] if recipe.weights_only_matmuls else []),
+                    use_external_data_format=True,
+                    # Float MatMul outputs: ORT fuses to MatMulIntegerToFloat, and the
+                    # residual stream never passes through int8.
+                    extra_options={"OpTypesToExcludeOutputQuantization": ["MatMul"]})
+            shutil.rmtree(work / "float")
+            steps.update()
+
+            steps.set_postfix_str("share the embedding, write")
+            final = onnx.load(str(work / "qdq" / MODEL_FILE), load_external_data=False)
+            if tied:
+                _share_int8_embedding(final)
+            added = _weight_only(final, work / "qdq", recipe.weight_only)
+            _record(final, "labkit.recipe", recipe.describe())
+            onnx_weights.save(final, work / "qdq", work / MODEL_FILE, added=added)
+            shutil.rmtree(work / "qdq")
+            (work / "ranges.json").unlink()
+            onnx.checker.check_model(str(work / MODEL_FILE))
+            steps.update()
+    finally:
+        steps.close()
+    return out_dir / MODEL_FILE
+
+
+def quantize_int8_dynamic(fp32_path: str | Path, out_dir: str | Path) -> Path:
+    """INT8 weights, activation scales computed at run time per tensor (no calibration)."""
+    fp32_path = Path(fp32_path)
+    assert_float_model(fp32_path)
+    check_writable(Path(out_dir), int(file_bytes(fp32_path) * 0.5), QuantizeError)
+    with staged_dir(out_dir, QuantizeError) as work:
+        quantize_dynamic(str(fp32_path), str(work / MODEL_FILE), op_types_to_quantize=["MatMul"],
+                         per_channel=True, weight_type=QuantType.QInt8, use_external_data_format=True,
+                         extra_options={"MatMulConstBOnly": True})
+    return Path(out_dir) / MODEL_FILE
+
+
+def quantize_int4_weight_only(fp32_path: str | Path, out_dir: str | Path, block_size: int = 32) -> Path:
+    """4-bit weights in blocks of `block_size` (MatMulNBits, GatherBlockQuantized);
+    activations are quantized to int8 on the fly per block (accuracy level 4)."""
+    fp32_path = Path(fp32_path)
+    graph = assert_float_model(fp32_path)
+    check_writable(Path(out_dir), int(file_bytes(fp32_path) * 0.6), QuantizeError)
+    with staged_dir(out_dir, QuantizeError) as work:
+        (work / "float").mkdir()
+        added = untie_lm_head(graph, fp32_path.parent)
+        onnx_weights.save(graph, fp32_path.parent, work / "float" / MODEL_FILE, added=added)
+        del added
+        model = onnx.load(str(work / "float" / MODEL_FILE))
+        config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, accuracy_level=4,
+                                              op_types_to_quantize=("MatMul", "Gather"),
+                                              quant_axes=(("MatMul", 0), ("Gather", 1)))
+        quantizer = MatMulNBitsQuantizer(model, algo_config=config)
+        quantizer.process()
+        del model
+        quantizer.model.save_model_to_file(str(work / MODEL_FILE), use_external_data_format=True)
+        shutil.rmtree(work / "float")
+    return Path(out_dir) / MODEL_FILE
+
+
+def int8_weight_bytes(path: str | Path) -> int:
+    """Bytes of int8 weights (zero points not counted): what was actually quantized."""
+    return sum(int(np.prod(t.dims)) for t in load_graph(path).graph.initializer
+               if t.data_type == onnx.TensorProto.INT8 and not t.name.endswith("zero_point"))
+
+
+def lab_recipe(model, reader, share: float = 0.9, scan_feeds: int | None = None) -> Recipe:
+    """The lab's recipe for `model`. Float activations (int8 weights) for:
+    - the down_proj layers that the sensitivity scan finds carrying `share` of the damage;
+    - every o_proj: its input, the attention output, has no norm to fold a SmoothQuant
+      scale into, and quantizing it cost SmolLM2 about 6% of English perplexity.
+    `scan_feeds` limits the scan to that many calibration feeds and 2 evaluation
+    feeds: a 1.7B model in PyTorch takes seconds per feed."""
+    import re
+
+    from .sensitivity import most_sensitive, scan
+
+    feeds = reader.feeds[:scan_feeds] if scan_feeds else reader.feeds
+    down = most_sensitive(scan(model, feeds, eval_feeds=2 if scan_feeds else 6), share)
+    o_proj = tuple(name for name, module in model.named_modules()
+                   if re.search(r"self_attn\.o_proj$", name))
+    return Recipe(weight_only=down + o_proj)

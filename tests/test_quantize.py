@@ -1,0 +1,172 @@
+"""Quantization on the tiny Qwen3: the static INT8 pipeline and its parts, the
+comparison quantizers, the sensitivity scan, the decode-step reader, bad input."""
+import copy
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from labkit import calibration, onnx_graph, onnx_weights, quantize, runtime, sensitivity, smoothquant
+
+PROMPTS = calibration.calibration_prompts()[:8]
+
+
+def logits(path, ids):
+    return runtime.session(path).run(["logits"], {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0]
+
+
+@pytest.fixture(scope="module")
+def ids(tiny):
+    return calibration.PromptReader(tiny.tokenizer, ["A prompt the calibration never saw."]).feeds[0]["input_ids"]
+
+
+@pytest.fixture(scope="module")
+def int8(tmp_path_factory, tiny, tiny_onnx):
+    reader = calibration.PromptReader(tiny.tokenizer, PROMPTS)
+    recipe = quantize.Recipe(weight_only=("model.layers.1.mlp.down_proj",))
+    return quantize.quantize_int8_static(tiny_onnx, tmp_path_factory.mktemp("q") / "int8", reader, recipe)
+
+
+def test_static_int8_is_small_checked_and_close_to_float(int8, tiny, tiny_onnx, ids):
+    onnx.checker.check_model(str(int8))
+    ops = onnx_graph.op_histogram(int8)
+    assert ops["QuantizeLinear"] > 0 and ops["DequantizeLinear"] > 0
+    # Every matrix (linears and the tied embedding) is stored once, in int8.
+    matrices = sum(p.numel() for p in tiny.model.parameters() if p.ndim == 2)
+    assert quantize.int8_weight_bytes(int8) == matrices
+    assert onnx_graph.file_bytes(int8) / onnx_graph.file_bytes(tiny_onnx) < 0.4
+    ref, out = logits(tiny_onnx, ids), logits(int8, ids)
+    assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 0.05
+    recipe = json.loads(next(p.value for p in onnx_graph.load_graph(int8).metadata_props if p.key == "labkit.recipe"))
+    assert recipe["weight_only"] == ["model.layers.1.mlp.down_proj"]
+
+
+def test_embedding_lookup_reads_the_int8_lm_head_weight(int8, ids):
+    graph = onnx_graph.load_graph(int8)
+    weights = onnx_weights.initializers(graph)
+    floats = [t.name for t in graph.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and 49152 in t.dims]
+    assert floats == ["lm_head.weight_scale"]  # no float copy of the [vocab, hidden] matrix is left
+    table = onnx_weights.read(weights["lm_head.weight_quantized"], int8.parent).astype(np.float32)
+    table = table * onnx_weights.read(weights["lm_head.weight_scale"], int8.parent)
+    gather = next(n for n in graph.graph.node if n.name == "model.embed_tokens/Transpose")
+    session = runtime.observing_session(int8, [gather.output[0]])
+    looked_up = session.run([gather.output[0]], {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0]
+    np.testing.assert_allclose(looked_up[0], table[:, ids[0]].T, rtol=1e-6)
+
+
+def test_weight_only_layer_keeps_float_activations(int8):
+    graph = onnx_graph.load_graph(int8).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    weight_only = next(n for n in graph.node if n.name == "model.layers.1.mlp.down_proj/MatMul")
+    static = next(n for n in graph.node if n.name == "model.layers.0.mlp.down_proj/MatMul")
+    assert producer[weight_only.input[1]].op_type == "DequantizeLinear"
+    assert producer[weight_only.input[0]].op_type != "DequantizeLinear"
+    assert producer[static.input[0]].op_type == "DequantizeLinear"
+
+
+def test_smoothquant_leaves_the_float_model_unchanged(tmp_path, tiny, tiny_onnx, ids):
+    graph = onnx_graph.load_graph(tiny_onnx)
+    matmuls = [n for n in graph.graph.node if n.op_type == "MatMul" and n.input[1].endswith(".weight")]
+    reader = calibration.PromptReader(tiny.tokenizer, PROMPTS)
+    ranges = calibration.channel_ranges(tiny_onnx, reader, sorted({n.input[0] for n in matmuls}))
+    factors, smoothed = smoothquant.smooth(graph, tiny_onnx.parent, ranges, alpha=0.5)
+    assert len(factors) == 2 * (2 + 3 + 2 + 1)  # per layer: 2 norms, q/k/v, gate/up, down; up_proj twice
+    onnx_weights.save(graph, tiny_onnx.parent, tmp_path / "model.onnx", replace=smoothquant.apply(factors))
+    np.testing.assert_allclose(logits(tmp_path / "model.onnx", ids), logits(tiny_onnx, ids), atol=1e-4)
+    down = next(n.input[0] for n in matmuls if n.name == "model.layers.0.mlp.down_proj/MatMul")
+    assert np.abs(smoothed[down]).max() != pytest.approx(np.abs(ranges[down]).max())
+
+
+def test_channel_ranges_match_pytorch(tiny, tiny_onnx):
+    graph = onnx_graph.load_graph(tiny_onnx).graph
+    lm_head_input = next(n.input[0] for n in graph.node if n.name == "lm_head/MatMul")
+    reader = calibration.PromptReader(tiny.tokenizer, PROMPTS)
+    low, high = calibration.channel_ranges(tiny_onnx, reader, [lm_head_input])[lm_head_input]
+    seen = []
+    handle = tiny.model.lm_head.register_forward_pre_hook(lambda m, args: seen.append(args[0][0]))
+    with torch.no_grad():
+        for feed in reader.feeds:
+            tiny.model(input_ids=torch.from_numpy(feed["input_ids"]), use_cache=False)
+    handle.remove()
+    every = torch.cat(seen).numpy()
+    np.testing.assert_allclose(low, every.min(0), atol=1e-4)
+    np.testing.assert_allclose(high, every.max(0), atol=1e-4)
+
+
+def test_dynamic_and_int4_comparisons(tmp_path, tiny_onnx, ids):
+    dynamic = quantize.quantize_int8_dynamic(tiny_onnx, tmp_path / "dynamic")
+    int4 = quantize.quantize_int4_weight_only(tiny_onnx, tmp_path / "int4")
+    assert onnx_graph.op_histogram(dynamic)["DynamicQuantizeLinear"] > 0
+    assert onnx_graph.op_histogram(int4)["MatMulNBits"] > 0
+    assert onnx_graph.op_histogram(int4)["GatherBlockQuantized"] == 1
+    assert onnx_graph.file_bytes(int4) < 0.4 * onnx_graph.file_bytes(tiny_onnx)  # two 4-bit embedding copies
+    ref = logits(tiny_onnx, ids)
+    for path, tolerance in ((dynamic, 0.1), (int4, 0.25)):  # 16 levels per weight instead of 256
+        assert np.linalg.norm(logits(path, ids) - ref) / np.linalg.norm(ref) < tolerance
+
+
+def test_scan_finds_a_planted_outlier(tiny):
+    model = copy.deepcopy(tiny.model)
+    with torch.no_grad():  # the same function, but channel 5 of layer 1's down_proj input is 1000x larger
+        model.model.layers[1].mlp.up_proj.weight[5] *= 1000
+        model.model.layers[1].mlp.down_proj.weight[:, 5] /= 1000
+    feeds = calibration.PromptReader(tiny.tokenizer, PROMPTS).feeds
+    table = sensitivity.scan(model, feeds, eval_feeds=2)
+    assert list(table["layer"]) == ["model.layers.1.mlp.down_proj", "model.layers.0.mlp.down_proj"]
+    assert table["kl"][0] > 10 * table["kl"][1]
+    assert sensitivity.most_sensitive(table, 0.9) == ("model.layers.1.mlp.down_proj",)
+
+
+def test_kv_reader_records_decode_steps_from_the_float_model(tiny):
+    reader = calibration.KVCacheReader(tiny.model, tiny.tokenizer, PROMPTS[:2], decode_steps=3)
+    feeds = [reader.get_next() for _ in range(len(reader))]
+    assert reader.get_next() is None and len(feeds) == 8
+    config = tiny.model.config
+    prefill, first_step = feeds[0], feeds[1]
+    assert list(prefill) == calibration.kv_input_names(config.num_hidden_layers)
+    prompt = prefill["input_ids"].shape[1]
+    assert prefill["past_key_values.0.key"].shape == (1, config.num_key_value_heads, 0, config.head_dim)
+    assert first_step["past_key_values.1.value"].shape == (1, config.num_key_value_heads, prompt, config.head_dim)
+    assert first_step["position_ids"].tolist() == [[prompt]]
+    assert first_step["attention_mask"].shape == (1, prompt + 1)
+    with torch.no_grad():  # the decode tokens are the float model's greedy tokens
+        greedy = tiny.model.generate(torch.from_numpy(prefill["input_ids"]), max_new_tokens=3, do_sample=False,
+                                     eos_token_id=None, pad_token_id=0)[0, prompt:].tolist()
+    assert [int(f["input_ids"][0, 0]) for f in feeds[1:4]] == greedy
+    reader.rewind()
+    np.testing.assert_array_equal(reader.get_next()["input_ids"], prefill["input_ids"])
+
+
+def test_a_quantized_model_is_refused(int8, tmp_path):
+    with pytest.raises(quantize.QuantizeError, match="already quantized"):
+        quantize.quantize_int8_dynamic(int8, tmp_path / "again")
+
+
+def test_missing_external_data_is_named(tmp_path, tiny_onnx):
+    (tmp_path / "model.onnx").write_bytes(tiny_onnx.read_bytes())
+    with pytest.raises(onnx_graph.BrokenOnnxFile, match="model.onnx.data"):
+        quantize.quantize_int8_dynamic(tmp_path / "model.onnx", tmp_path / "out")
+
+
+def test_a_bad_reader_fails_before_calibration(monkeypatch, tiny, tiny_onnx, tmp_path):
+    def no_calibration(*args, **kwargs):
+        raise AssertionError("calibration started")
+    monkeypatch.setattr(quantize, "channel_ranges", no_calibration)
+    reader = calibration.PromptReader(tiny.tokenizer, PROMPTS[:1])
+    reader.feeds = [{"input_ids": reader.feeds[0]["input_ids"]}]
+    with pytest.raises(calibration.ReaderMismatch, match="attention_mask"):
+        quantize.quantize_int8_static(tiny_onnx, tmp_path / "out", reader)
+
+
+def test_interrupted_quantization_keeps_the_previous_model(monkeypatch, int8, tiny, tiny_onnx):
+    before = int8.read_bytes()
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(quantize, "quantize_static", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        quantize.quantize_int8_static(tiny_onnx, int8.parent, calibration.PromptReader(tiny.tokenizer, PROMPTS[:2]))
+    assert int8.read_bytes() == before
+    assert not int8.parent.with_name(int8.parent.name + ".partial").exists()
