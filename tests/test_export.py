@@ -4,7 +4,7 @@ import onnx
 import pytest
 import torch
 
-from labkit import checks, export, onnx_graph, parity, patches, runtime
+from labkit import checks, export, onnx_graph, parity, patches, paths, runtime
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_unwritable_target_is_refused(tmp_path, tiny):
 
 
 def test_full_disk_is_refused_before_work(monkeypatch, tmp_path, tiny):
-    monkeypatch.setattr(export.shutil, "disk_usage", lambda p: type("U", (), {"free": 1000})())
+    monkeypatch.setattr(paths.shutil, "disk_usage", lambda p: type("U", (), {"free": 1000})())
     with pytest.raises(export.ExportError, match="not enough disk"):
         export.export_onnx(tiny.model, tmp_path / "fp32")
 
