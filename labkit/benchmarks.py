@@ -16,6 +16,13 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
 
 
+def _written(result: dict, json_path: str | Path | None) -> dict:
+    if json_path:
+        Path(json_path).write_text(json.dumps(result, indent=1))
+        print(f"Wrote {json_path}")
+    return result
+
+
 def bench_export(name: str | None = None, json_path: str | Path | None = None) -> dict:
     """Export the no-cache graph; measure wall time, peak RSS, size and logit parity."""
     started = time.perf_counter()
@@ -33,10 +40,7 @@ def bench_export(name: str | None = None, json_path: str | Path | None = None) -
           f"(load {result['load_s']} s), peak RSS {result['peak_rss_gb']} GB, "
           f"{result['onnx_bytes'] / 1e9:.2f} GB on disk ({result['onnx_bytes'] / (4 * result['params']):.3f} x "
           f"4 bytes/param), max |logit diff| {diff:.1e}")
-    if json_path:
-        Path(json_path).write_text(json.dumps(result, indent=1))
-        print(f"Wrote {json_path}")
-    return result
+    return _written(result, json_path)
 
 
 def bench_quant(name: str | None = None, json_path: str | Path | None = None) -> dict:
@@ -78,10 +82,7 @@ def bench_quant(name: str | None = None, json_path: str | Path | None = None) ->
     result.update(agreement=round(quality.agreement(runs["int8"], runs["fp32"]), 4), threads=threads,
                   weight_only=list(recipe.weight_only), int8_path=str(int8))
     print(f"{model_name}: INT8 {result['int8_bytes'] / 1e6:,.1f} MB = {result['ratio']:.1%} of FP32 "
-          f"{result['fp32_bytes'] / 1e6:,.1f} MB\nperplexity FP32 {result['ppl_fp32']} INT8 {result['ppl_int8']}; greedy agreement "
-          f"{result['agreement']:.2f}; no-cache {result['tok_s_fp32']} -> {result['tok_s_int8']} tok/s "
+          f"{result['fp32_bytes'] / 1e6:,.1f} MB\nperplexity FP32 {result['ppl_fp32']} INT8 {result['ppl_int8']}; "
+          f"greedy agreement {result['agreement']:.2f}; no-cache {result['tok_s_fp32']} -> {result['tok_s_int8']} tok/s "
           f"({result['tok_s_int8'] / result['tok_s_fp32']:.2f}x, {threads} threads)")
-    if json_path:
-        Path(json_path).write_text(json.dumps(result, indent=1))
-        print(f"Wrote {json_path}")
-    return result
+    return _written(result, json_path)
