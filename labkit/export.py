@@ -26,11 +26,10 @@ from tqdm.auto import tqdm
 
 from .onnx_graph import BrokenOnnxFile, load_graph
 from .patches import export_patches
-from .paths import check_writable, staged_dir
+from .paths import MODEL_FILE, check_writable, staged_dir
 
 INPUT_NAMES = ["input_ids", "attention_mask"]
 OUTPUT_NAMES = ["logits"]
-MODEL_FILE = "model.onnx"
 SCOPES = "pkg.torch.onnx.name_scopes"
 
 

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 ARTIFACTS_ENV = "LABKIT_ARTIFACTS"
+MODEL_FILE = "model.onnx"  # every variant folder holds model.onnx + model.onnx.data
 
 
 def artifacts_dir() -> Path:

@@ -32,9 +32,8 @@ from tqdm.auto import tqdm
 from . import onnx_weights, smoothquant
 from .calibration import channel_ranges, validate_reader
 from .onnx_graph import file_bytes, graph_io, load_graph
-from .paths import check_writable, staged_dir
+from .paths import MODEL_FILE, check_writable, staged_dir
 
-MODEL_FILE = "model.onnx"
 QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
                  "QLinearMatMul", "MatMulIntegerToFloat", "MatMulNBits", "GatherBlockQuantized"}
 _TYPES = {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}

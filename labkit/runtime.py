@@ -15,15 +15,19 @@ def default_threads() -> int:
     return len(os.sched_getaffinity(0))
 
 
+def _options(threads: int | None) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or default_threads()
+    options.log_severity_level = 3  # ORT's warnings go to stderr, which zeroes a graded cell
+    return options
+
+
 def session(path: str | Path, threads: int | None = None) -> ort.InferenceSession:
     """A CPU session; `threads` defaults to the cores this process may use.
     A missing model or external-data file raises BrokenOnnxFile naming it."""
     load_graph(path)  # clear errors before ORT's terse ones
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or default_threads()
-    options.log_severity_level = 3  # ORT's warnings go to stderr, which zeroes a graded cell
     try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), _options(threads), providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - ORT raises its own hierarchy
         raise BrokenOnnxFile(f"ONNX Runtime cannot load {path}: {exc}") from exc
 
@@ -36,9 +40,7 @@ def observing_session(path: str | Path, tensors: list[str], threads: int | None 
     graph = load_graph(path)
     for name in tensors:
         graph.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or default_threads()
-    options.log_severity_level = 3
+    options = _options(threads)
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(path.parent))
     return ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
