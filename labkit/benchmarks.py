@@ -55,7 +55,7 @@ def bench_quant(name: str | None = None, json_path: str | Path | None = None) ->
     reader = calibration.PromptReader(loaded.tokenizer)
     started = time.perf_counter()
     big = loaded.params > 1e9  # keeps the 1.7B scan within minutes
-    recipe = quantize.lab_recipe(loaded.model, reader, scan_feeds=12 if big else None)
+    recipe = quantize.lab_recipe(loaded.model, reader, scan_feeds=6 if big else None)
     scan_s = time.perf_counter() - started
     tokenizer, model_name = loaded.tokenizer, loaded.name
     del loaded
@@ -78,11 +78,13 @@ def bench_quant(name: str | None = None, json_path: str | Path | None = None) ->
         runs[label] = tokens
         result[f"ppl_{label}"] = {lang: round(value, 3) for lang, value in ppl.items()}
         result[f"tok_s_{label}"] = round(sum(map(len, tokens)) / seconds, 2)
+        result[f"correct_{label}"] = quality.correct(tokens, tokenizer)
         del session
     result.update(agreement=round(quality.agreement(runs["int8"], runs["fp32"]), 4), threads=threads,
                   weight_only=list(recipe.weight_only), int8_path=str(int8))
     print(f"{model_name}: INT8 {result['int8_bytes'] / 1e6:,.1f} MB = {result['ratio']:.1%} of FP32 "
           f"{result['fp32_bytes'] / 1e6:,.1f} MB\nperplexity FP32 {result['ppl_fp32']} INT8 {result['ppl_int8']}; "
-          f"greedy agreement {result['agreement']:.2f}; no-cache {result['tok_s_fp32']} -> {result['tok_s_int8']} tok/s "
+          f"greedy agreement {result['agreement']:.2f}; held-out questions answered correctly "
+          f"{result['correct_fp32']} -> {result['correct_int8']}; no-cache {result['tok_s_fp32']} -> {result['tok_s_int8']} tok/s "
           f"({result['tok_s_int8'] / result['tok_s_fp32']:.2f}x, {threads} threads)")
     return _written(result, json_path)

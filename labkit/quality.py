@@ -69,6 +69,14 @@ def agreement(runs: list[list[int]], reference_runs: list[list[int]]) -> float:
     return float(np.mean([prefix_agreement(a, b) for a, b in zip(runs, reference_runs)]))
 
 
+def correct(runs: list[list[int]], tokenizer) -> int:
+    """How many held-out questions with a known answer the runs answer correctly
+    (the expected word appears in the greedy answer)."""
+    answers = [tokenizer.decode(tokens, skip_special_tokens=True).lower() for tokens in runs]
+    return sum(any(word.lower() in answer for word in item["expect"])
+               for item, answer in zip(heldout()["prompts"], answers) if item["expect"])
+
+
 def greedy_agreement(session, reference_session, tokenizer, new_tokens: int = GREEDY_TOKENS) -> float:
     """Mean prefix agreement with the reference graph over the held-out prompts."""
     return agreement(greedy_runs(session, tokenizer, new_tokens)[0],
@@ -78,7 +86,8 @@ def greedy_agreement(session, reference_session, tokenizer, new_tokens: int = GR
 def compare(models: dict[str, str | Path], tokenizer, reference: str = "FP32",
             new_tokens: int = GREEDY_TOKENS, threads: int | None = None):
     """One row per graph: size, ratio to the reference, held-out perplexity, greedy
-    agreement with the reference and no-cache tokens/s, all on the same threads."""
+    agreement with the reference, held-out questions answered correctly and
+    no-cache tokens/s, all on the same threads."""
     import pandas as pd
 
     from .onnx_graph import file_bytes
@@ -94,6 +103,7 @@ def compare(models: dict[str, str | Path], tokenizer, reference: str = "FP32",
     table = pd.DataFrame(rows).set_index("model")
     table.insert(1, "ratio", table["MB"] / table.loc[reference, "MB"])
     table.insert(4, "agreement", [agreement(runs[label], runs[reference]) for label in table.index])
+    table.insert(5, "correct", [correct(runs[label], tokenizer) for label in table.index])
     return table.round({"MB": 1, "ratio": 3, "ppl_en": 2, "ppl_zh": 2, "agreement": 2, "tok_s": 1})
 
 

@@ -47,3 +47,16 @@ def test_prefix_agreement():
 
 def test_a_graph_agrees_with_itself(session, tiny):
     assert quality.greedy_agreement(session, session, tiny.tokenizer, new_tokens=4) == 1.0
+
+
+def test_correct_counts_answers_that_contain_an_expected_word(tiny):
+    items = quality.heldout()["prompts"]
+    answerable = [item for item in items if item["expect"]]
+    encode = lambda text: tiny.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    right = [encode(f"I think it is {item['expect'][-1]}.") if item["expect"] else encode("no idea")
+             for item in items]
+    assert quality.correct(right, tiny.tokenizer) == len(answerable) >= 5
+    wrong = [encode("no idea")] * len(items)
+    assert quality.correct(wrong, tiny.tokenizer) == 0
+    first_wrong = [encode("no idea")] + right[1:]
+    assert quality.correct(first_wrong, tiny.tokenizer) == len(answerable) - 1
