@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install lab test release jupyter clean
+.PHONY: install lab test browser-test release jupyter clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ lab: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# Notebook 04's chat box in JupyterLab in headless Chromium (Debian's package:
+# apt-get install chromium). Not part of `make test`: it runs the notebook for real.
+browser-test: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test,browser]'
+	$(PY) -m pytest -m browser tests/browser -s
 
 release: $(STAMP)
 	$(PY) -m labkit release

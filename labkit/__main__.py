@@ -76,6 +76,35 @@ def _bench_quant(args) -> int:
     return 0
 
 
+def _chat(args) -> int:
+    from . import chat, models, paths
+    from .generate import Sampling
+
+    name = models.resolve_name(args.model)
+    graph = Path(args.graph) if args.graph not in ("fp32", "int8") else paths.onnx_dir(name, args.graph) / paths.MODEL_FILE
+    conversation = chat.Chat(graph, models.load_tokenizer(name), label=f"{name} ({args.graph})",
+                             max_new_tokens=args.max_tokens, sampling=Sampling(temperature=args.temperature, seed=None),
+                             enable_thinking=args.think)
+    chat.run_terminal(conversation)
+    return 0
+
+
+def _bench(args) -> int:
+    from .benchmarks import bench_decode
+
+    bench_decode(args.model, args.json)
+    return 0
+
+
+def _export_kv(args) -> int:
+    from . import export_kv, models
+
+    loaded = models.load(args.model)
+    path = export_kv.export_kv(loaded.model, args.out, loaded.tokenizer)
+    print(f"Wrote {path} with {export_kv.GENAI_CONFIG} and the tokenizer files: the folder runs in onnxruntime-genai")
+    return 0
+
+
 def _release(args) -> int:
     from .course import publish
 
@@ -112,6 +141,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", help="registry name (default: the session's model)")
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.set_defaults(run=_bench_quant)
+    p = sub.add_parser("bench", help="engines x prompt lengths: size, speed, memory, quality; CSV, PNG, JSON")
+    p.add_argument("--model", help="registry name (default: the session's model)")
+    p.add_argument("--json", help="also write the rows to this JSON file")
+    p.set_defaults(run=_bench)
+    p = sub.add_parser("export-kv", help="export the KV-cache graph with genai_config.json and tokenizer files")
+    p.add_argument("--model", help="registry name (default: the session's model)")
+    p.add_argument("--out", required=True, help="folder to write")
+    p.set_defaults(run=_export_kv)
+    p = sub.add_parser("chat", help="chat with an exported graph in the terminal")
+    p.add_argument("--model", help="registry name (default: the session's model)")
+    p.add_argument("--graph", default="int8", help="fp32, int8 (notebooks 02 and 03 write them) or a path to a .onnx")
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
+    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--think", action="store_true", help="Qwen3: let the model reason first (never shown)")
+    p.set_defaults(run=_chat)
     p = sub.add_parser("release", help="regenerate release/ and notebooks/ from source/")
     p.set_defaults(run=_release)
     args = parser.parse_args(argv)

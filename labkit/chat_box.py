@@ -1,0 +1,106 @@
+"""The notebook's chat box: an ipywidgets view over a `chat.Chat`.
+
+Generation runs in a thread so that Stop (and the rest of the notebook) stays
+responsive while the model writes; the transcript redraws as text streams in.
+Without a front end (nbgrader autograde) the box is built and shown, and nothing
+runs until someone clicks Send.
+"""
+from __future__ import annotations
+
+import dataclasses
+import html
+import threading
+import time
+
+import ipywidgets as widgets
+
+from .chat import Chat, Turn
+
+_STYLE = {"user": "background:#e8f0fe;", "assistant": "background:#f4f4f4;", "notice": "color:#a33;"}
+_REDRAW_S = 0.1  # at most ten redraws a second while streaming
+
+
+def _html(turns: list[Turn], label: str) -> str:
+    names = {"user": "You", "assistant": label, "notice": "notice"}
+    rows = []
+    for turn in turns:
+        timing = f"<div style='color:#777;font-size:80%'>{html.escape(turn.timing)}</div>" if turn.timing else ""
+        text = html.escape(turn.text).replace("\n", "<br>") or "…"
+        rows.append(f"<div class='labkit-{turn.role}' style='{_STYLE[turn.role]}padding:6px 10px;margin:4px 0;"
+                    "border-radius:6px'>"
+                    f"<b>{names[turn.role]}:</b> {text}{timing}</div>")
+    return ("<div class='labkit-transcript' style='max-height:420px;overflow-y:auto'>"
+            + ("".join(rows) or "<i>Say something to the model.</i>") + "</div>")
+
+
+class ChatBox:
+    """`ChatBox(chat).widget` is what the notebook displays."""
+
+    def __init__(self, chat: Chat, transcript_path: str = "chat_transcript.md"):
+        self.chat, self.transcript_path = chat, transcript_path
+        self.thread: threading.Thread | None = None
+        self.transcript = widgets.HTML(_html(chat.transcript, chat.label))
+        self.message = widgets.Text(placeholder="Message", layout=widgets.Layout(width="60%"))
+        self.send_button = widgets.Button(description="Send", button_style="primary")
+        self.stop_button = widgets.Button(description="Stop", disabled=True)
+        self.clear_button = widgets.Button(description="Clear")
+        self.save_button = widgets.Button(description="Save transcript", icon="download")
+        self.temperature = widgets.FloatSlider(value=chat.sampling.temperature, min=0, max=1.5, step=0.05,
+                                               description="temperature", style={"description_width": "initial"})
+        self.max_tokens = widgets.IntSlider(value=chat.max_new_tokens, min=8, max=512, step=8,
+                                            description="max tokens", style={"description_width": "initial"})
+        self.status = widgets.Label("greedy when temperature is 0")
+        self.send_button.on_click(lambda _: self.send())
+        self.stop_button.on_click(lambda _: self.chat.stop())
+        self.clear_button.on_click(lambda _: self.clear())
+        self.save_button.on_click(lambda _: self.save())
+        self.widget = widgets.VBox([
+            widgets.HTML(f"<b>Chat with {html.escape(chat.label)}</b>"), self.transcript,
+            widgets.HBox([self.message, self.send_button, self.stop_button]),
+            widgets.HBox([self.temperature, self.max_tokens]),
+            widgets.HBox([self.clear_button, self.save_button, self.status])])
+
+    def _ipython_display_(self):
+        from IPython.display import display
+        display(self.widget)
+
+    def send(self, text: str | None = None, wait: bool = False) -> None:
+        """Send the text box's message (or `text`); the reply streams in a thread."""
+        if self.thread is not None and self.thread.is_alive():
+            self.status.value = "still answering; press Stop first"
+            return
+        text = self.message.value if text is None else text
+        self.message.value = ""
+        self.chat.sampling = dataclasses.replace(self.chat.sampling, temperature=self.temperature.value, seed=None)
+        self.chat.max_new_tokens = self.max_tokens.value
+        self.thread = threading.Thread(target=self._answer, args=(text,), daemon=True)
+        self.send_button.disabled, self.stop_button.disabled = True, False
+        self.thread.start()
+        if wait:
+            self.thread.join()
+
+    def _answer(self, text: str) -> None:
+        last = 0.0
+
+        def redraw(_piece=None, force=False):
+            nonlocal last
+            if force or time.perf_counter() - last > _REDRAW_S:
+                self.transcript.value = _html(self.chat.transcript, self.chat.label)
+                last = time.perf_counter()
+
+        try:
+            self.status.value = "answering…"
+            result = self.chat.send(text, on_text=redraw)
+            self.status.value = (f"{result.tok_s:.1f} tokens/s, first token after {result.ttft_s:.2f} s"
+                                 if result else "")
+        finally:
+            redraw(force=True)
+            self.send_button.disabled, self.stop_button.disabled = False, True
+
+    def clear(self) -> None:
+        self.chat.clear()
+        self.transcript.value = _html(self.chat.transcript, self.chat.label)
+        self.status.value = "cleared"
+
+    def save(self) -> None:
+        self.status.value = f"saved to {self.chat.save(self.transcript_path)}"

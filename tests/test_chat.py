@@ -1,0 +1,166 @@
+import copy
+
+import numpy as np
+import pytest
+
+from labkit import chat as chat_module
+from labkit import generate, runtime
+from labkit.chat import Chat
+from labkit.chat_box import ChatBox
+
+
+@pytest.fixture(scope="module")
+def session(tiny_onnx):
+    return runtime.session(tiny_onnx)
+
+
+class Recording(generate.NoCache):
+    """The no-cache loop, remembering every prompt it was given."""
+    prompts: list[list[int]] = []
+
+    def start(self, prompt_ids):
+        Recording.prompts.append(list(prompt_ids))
+        return super().start(prompt_ids)
+
+
+@pytest.fixture
+def chat(session, tiny):
+    Recording.prompts = []
+    return Chat(session, tiny.tokenizer, "tiny", max_new_tokens=6, loop=Recording)
+
+
+def rendered(tokenizer, messages):
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
+
+
+def test_turns_build_on_the_history(chat, tiny):
+    first = chat.send("Hello there")
+    second = chat.send("And then?")
+    assert [t.role for t in chat.transcript] == ["user", "assistant", "user", "assistant"]
+    history = [{"role": "user", "content": "Hello there"}, {"role": "assistant", "content": first.text},
+               {"role": "user", "content": "And then?"}]
+    assert Recording.prompts[1] == rendered(tiny.tokenizer, history)
+    assert chat.transcript[3].text == second.text
+    assert "tokens/s" in chat.transcript[3].timing
+
+
+def test_old_turns_make_room_for_new_ones(session, tiny):
+    Recording.prompts = []
+    small = Chat(session, tiny.tokenizer, context=90, max_new_tokens=6, loop=Recording)
+    for i in range(6):
+        assert small.send(f"Message number {i} with a few words in it") is not None
+    assert all(len(p) + 6 <= 90 for p in Recording.prompts)
+    last = tiny.tokenizer.decode(Recording.prompts[-1])
+    assert "Message number 0" not in last and last.count("Message number 5") == 1
+    assert "Message number 0" in tiny.tokenizer.decode(Recording.prompts[1])  # kept while there was room
+
+
+def test_bad_messages_become_notices_and_the_chat_goes_on(chat):
+    assert chat.send("   ") is None
+    assert chat.send("word " * 3000) is None
+    assert [t.role for t in chat.transcript] == ["notice", "notice"]
+    assert "type a message" in chat.transcript[0].text
+    assert "does not fit the context of 2048 tokens" in chat.transcript[1].text
+    assert chat.send("Hi") is not None
+    assert chat.history[0] == {"role": "user", "content": "Hi"}
+
+
+def test_a_missing_model_and_a_kv_graph_become_notices(tmp_path, tiny, tiny_onnx):
+    chat = Chat(tmp_path / "nowhere" / "model.onnx", tiny.tokenizer)
+    assert "no ONNX model at" in chat.transcript[-1].text
+    assert chat.send("Hi") is None and "no model loaded" in chat.transcript[-1].text
+
+    class KVSession:
+        def get_inputs(self):
+            return [type("Input", (), {"name": n}) for n in ("input_ids", "past_key_values.0.key")]
+
+    assert not chat.use(KVSession())
+    assert "KV-cache graph" in chat.transcript[-1].text
+    assert chat.use(tiny_onnx, "tiny")
+    assert chat.send("Hi").new_tokens > 0
+
+
+def test_a_failing_model_becomes_a_notice(chat):
+    def broken(token):
+        raise RuntimeError("out of memory")
+
+    chat.stepper.step = broken
+    assert chat.send("Hi") is None
+    assert chat.transcript[-1].text == "generation failed: out of memory"
+    assert chat.history == []
+
+
+def test_stop_interrupts_and_the_next_turn_is_whole(chat):
+    chat.max_new_tokens = 40
+    stopped = chat.send("Tell me everything", on_text=lambda piece: chat.stop())
+    assert stopped.stopped_by == "stop" and stopped.new_tokens < 40
+    assert "(stopped)" in chat.transcript[-1].timing
+    whole = chat.send("Again", on_text=None)
+    assert whole.stopped_by != "stop"
+
+
+def test_the_think_block_is_never_shown(session, tiny):
+    tokenizer = copy.deepcopy(tiny.tokenizer)
+    tokenizer.add_tokens(["<think>", "</think>"])
+    start, end = tokenizer.convert_tokens_to_ids(["<think>", "</think>"])
+    words = tokenizer("Paris is nice", add_special_tokens=False)["input_ids"]
+    secret = tokenizer(" secret plan", add_special_tokens=False)["input_ids"]
+    script = [start, *secret, end, *words, tokenizer.convert_tokens_to_ids("<|im_end|>")]
+
+    class Scripted:
+        def __init__(self, session):
+            self.calls = 0
+
+        def _next(self):
+            logits = np.zeros(len(tokenizer), np.float32)
+            logits[script[self.calls]] = 1.0
+            self.calls += 1
+            return logits
+
+        def start(self, prompt):
+            return self._next()
+
+        def step(self, token):
+            return self._next()
+
+    chat = Chat(session, tokenizer, loop=Scripted, enable_thinking=True)
+    result = chat.send("Where?")
+    assert result.text == "Paris is nice"
+    assert chat.history[-1]["content"] == "Paris is nice"
+    assert "secret" not in chat.markdown()
+
+
+def test_the_transcript_saves_as_markdown(chat, tmp_path):
+    reply = chat.send("Hello")
+    path = chat.save(tmp_path / "t.md")
+    text = path.read_text(encoding="utf-8")
+    assert text.startswith("# Chat with tiny")
+    assert "**You**: Hello" in text and f"**tiny**: {reply.text}" in text
+
+
+def test_the_chat_box_runs_headless(chat, tmp_path):
+    box = ChatBox(chat, transcript_path=str(tmp_path / "box.md"))
+    box.message.value = "Hello box"
+    box.max_tokens.value = 8
+    box.send(wait=True)
+    assert box.message.value == ""
+    assert "Hello box" in box.transcript.value
+    assert chat.transcript[-1].role == "assistant"
+    assert "tokens/s" in box.status.value
+    assert not box.send_button.disabled and box.stop_button.disabled
+    box.save()
+    assert "Hello box" in (tmp_path / "box.md").read_text(encoding="utf-8")
+    box.clear()
+    assert chat.transcript == [] and "Say something" in box.transcript.value
+
+
+def test_the_terminal_chat(chat, tmp_path):
+    lines = iter(["", "Hello terminal", f"/save {tmp_path / 'term.md'}", "/quit"])
+    out = []
+    chat_module.run_terminal(chat, read=lambda prompt: next(lines),
+                             write=lambda *args, **kwargs: out.append(" ".join(map(str, args))))
+    printed = "".join(out)
+    assert "[type a message first]" in printed
+    assert chat.transcript[-1].text in printed
+    assert "tokens/s" in printed
+    assert (tmp_path / "term.md").read_text(encoding="utf-8").count("Hello terminal") == 1

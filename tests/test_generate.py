@@ -1,0 +1,134 @@
+import numpy as np
+import pytest
+
+from labkit import generate, parity, runtime
+from labkit.generate import NoCache, Sampling
+
+
+class Scripted:
+    """A stepper whose argmax follows a script."""
+
+    def __init__(self, script):
+        self.script, self.vocab, self.calls = list(script), max(script) + 1, 0
+
+    def _logits(self):
+        logits = np.zeros(self.vocab, np.float32)
+        logits[self.script[min(self.calls, len(self.script) - 1)]] = 5.0
+        self.calls += 1
+        return logits
+
+    def start(self, prompt):
+        self.prompt = list(prompt)
+        return self._logits()
+
+    def step(self, token):
+        return self._logits()
+
+
+@pytest.fixture(scope="module")
+def session(tiny_onnx):
+    return runtime.session(tiny_onnx)
+
+
+def test_greedy_equals_pytorch_generate(session, tiny):
+    for prompt in ("What is the capital of France?", "请用一句话介绍一下你自己。", "Count to five."):
+        ids = parity.chat_ids(tiny.tokenizer, prompt)
+        reference = generate.greedy_torch(tiny.model, ids, 32)
+        ours = generate.generate(NoCache(session), ids.numpy(), max_new_tokens=32, stop=set()).tokens
+        assert ours == reference
+
+
+def test_a_seed_reproduces_a_sampled_run(session, tiny):
+    ids = parity.chat_ids(tiny.tokenizer, "Tell me a story.").numpy()
+
+    def run(seed):
+        sampling = Sampling(temperature=1.0, top_k=50, top_p=0.95, repetition_penalty=1.1, seed=seed)
+        return generate.generate(NoCache(session), ids, max_new_tokens=24, sampling=sampling, stop=set()).tokens
+
+    assert run(7) == run(7)
+    assert run(7) != run(8)
+    assert run(7) != generate.greedy_ort(session, ids, 24)
+
+
+def test_next_token_filters():
+    rng = np.random.default_rng(0)
+    logits = np.array([1.0, 3.0, 2.0, 0.5], np.float32)
+    assert generate.next_token(logits, Sampling(), [], rng) == 1
+    assert generate.next_token(logits, Sampling(temperature=5.0, top_k=1), [], rng) == 1
+    assert generate.next_token(logits, Sampling(temperature=5.0, top_p=0.01), [], rng) == 1
+    # 3 / 2 = 1.5 < 2: the penalty moves the choice to token 2
+    assert generate.next_token(logits, Sampling(repetition_penalty=2.0), [1], rng) == 2
+    assert logits[1] == 3.0  # the caller's logits are untouched
+
+
+def test_sampling_follows_the_softmax():
+    rng = np.random.default_rng(0)
+    logits = np.log(np.array([1.0, 3.0], np.float32))
+    draws = [generate.next_token(logits, Sampling(temperature=1.0), [], rng) for _ in range(4000)]
+    assert np.mean(draws) == pytest.approx(0.75, abs=0.03)
+    top_p = [generate.next_token(np.log(np.array([1, 2, 7], np.float32)), Sampling(temperature=1.0, top_p=0.75),
+                                 [], rng) for _ in range(200)]
+    assert set(top_p) == {1, 2}  # 0.7 alone is short of 0.75; 0.7 + 0.2 reaches it
+
+
+def test_stops_at_end_of_turn_without_returning_it(tiny):
+    end = tiny.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert end in generate.stop_ids(tiny.tokenizer)
+    result = generate.generate(Scripted([5, 6, end, 7]), [1, 2, 3], tiny.tokenizer,
+                               max_new_tokens=10)
+    assert result.tokens == [5, 6]
+    assert result.stopped_by == "end of turn"
+    assert result.prompt_tokens == 3
+    capped = generate.generate(Scripted([5, 6, 7, 8]), [1], max_new_tokens=3, stop=set())
+    assert capped.tokens == [5, 6, 7] and capped.stopped_by == "max_new_tokens"
+
+
+def test_should_stop_ends_after_the_current_token():
+    asked = iter([False, False, True])
+    result = generate.generate(Scripted([4]), [1], max_new_tokens=20, stop=set(), should_stop=lambda: next(asked))
+    assert result.tokens == [4, 4, 4]
+    assert result.stopped_by == "stop"
+
+
+def test_streamed_chinese_is_never_garbled(tiny):
+    text = "中国的首都是北京。我喜欢音乐🎵!"
+    tokens = tiny.tokenizer(text, add_special_tokens=False)["input_ids"]
+    # the test only means something if some token is a fragment of a character
+    assert any("\ufffd" in tiny.tokenizer.decode([t]) for t in tokens)
+    result = generate.generate(Scripted(tokens + [0]), [1], tiny.tokenizer,
+                               max_new_tokens=len(tokens), stop=set())
+    assert result.tokens == tokens
+    assert all("\ufffd" not in piece for piece in result.pieces)
+    assert "".join(result.pieces) == result.text == text
+    assert len(result.pieces) > 5  # streamed, not delivered at the end
+
+
+def test_think_block_is_hidden():
+    class Letters:  # token i decodes to chr(ord('a') + i)
+        def decode(self, tokens, skip_special_tokens=True):
+            return "".join(chr(97 + t) for t in tokens)
+
+    stream = generate.TextStream(Letters(), think=(20, 21))
+    pieces = [stream.push(t) for t in (20, 1, 2, 21, 0, 1)] + [stream.flush()]
+    assert "".join(pieces) == "ab"
+
+
+def test_timing_is_reported(session, tiny):
+    ids = parity.chat_ids(tiny.tokenizer, "Hi").numpy()
+    result = generate.generate(NoCache(session), ids, tiny.tokenizer, max_new_tokens=8, stop=set())
+    assert result.new_tokens == 8 and result.prompt_tokens == ids.shape[1]
+    assert 0 < result.ttft_s < result.seconds
+    assert result.tok_s > 0
+    assert "8 new" in result.timing()
+
+
+def test_the_no_cache_loop_rejects_the_kv_graph():
+    class KVSession:
+        def get_inputs(self):
+            class Input:
+                def __init__(self, name):
+                    self.name = name
+            return [Input(n) for n in ("input_ids", "attention_mask", "past_key_values.0.key")]
+
+    with pytest.raises(generate.WrongGraph, match="KV-cache graph"):
+        NoCache(KVSession())
