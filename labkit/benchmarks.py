@@ -88,3 +88,26 @@ def bench_quant(name: str | None = None, json_path: str | Path | None = None) ->
           f"{result['correct_fp32']} -> {result['correct_int8']}; no-cache {result['tok_s_fp32']} -> {result['tok_s_int8']} tok/s "
           f"({result['tok_s_int8'] / result['tok_s_fp32']:.2f}x, {threads} threads)")
     return _written(result, json_path)
+
+
+def bench_decode(name: str | None = None, json_path: str | Path | None = None,
+                 out_dir: str | Path | None = None) -> list[dict]:
+    """Every engine x prompt length (decode_bench.py); writes bench.csv and bench.png
+    to `out_dir` (default: <artifacts>/report) and the rows as JSON if asked."""
+    import json
+
+    from . import charts, decode_bench
+    from .paths import artifact_path
+
+    out_dir = Path(out_dir) if out_dir else artifact_path("report", "bench.csv").parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = decode_bench.run(models.load(name))
+    table.to_csv(out_dir / "bench.csv", index=False)
+    charts.deployment_summary(table).savefig(out_dir / "bench.png", dpi=120)
+    print(table.to_string(index=False))
+    print(f"Wrote {out_dir / 'bench.csv'}\n      {out_dir / 'bench.png'}")
+    rows = json.loads(table.to_json(orient="records"))
+    if json_path:
+        Path(json_path).write_text(json.dumps(rows, indent=1))
+        print(f"      {json_path}")
+    return rows

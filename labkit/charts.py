@@ -39,3 +39,31 @@ def quant_comparison(table: pd.DataFrame):
         ax.margins(y=0.15)
     fig.tight_layout()
     return fig
+
+
+def row_label(row) -> str:
+    engine = {"pytorch": "PyTorch", "onnxruntime": "ORT", "onnxruntime-genai": "genai builder"}[row["engine"]]
+    return f"{engine} {row['precision'].upper()}\n{'KV cache' if row['cache'] else 'no cache'}"
+
+
+def deployment_summary(table: pd.DataFrame, prompt_len: int | None = None):
+    """The lab's final chart: compression ratio and decode tokens/s of every engine
+    at one prompt length (default 256 tokens, else the longest measured), from
+    `decode_bench.run`'s table."""
+    lengths = set(table["prompt_len"])
+    prompt_len = prompt_len or (256 if 256 in lengths else max(lengths))
+    rows = table[table["prompt_len"] == prompt_len].copy()
+    rows.index = [row_label(r) for _, r in rows.iterrows()]
+    colors = ["tab:gray" if e == "pytorch" else "tab:purple" if e == "onnxruntime-genai"
+              else "tab:blue" if p == "fp32" else "tab:green" for e, p in zip(rows["engine"], rows["precision"])]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
+    (1 / rows["ratio"]).plot.bar(ax=axes[0], color=colors, title="compression vs FP32 (x, higher is smaller)")
+    _label_bars(axes[0], "%.1fx")
+    rows["tok_s"].plot.bar(ax=axes[1], color=colors,
+                           title=f"decode tokens/s at a {prompt_len}-token prompt (higher is faster)")
+    _label_bars(axes[1], "%.1f")
+    for ax in axes:
+        ax.tick_params(axis="x", labelrotation=0, labelsize=7)
+        ax.margins(y=0.15)
+    fig.tight_layout()
+    return fig

@@ -88,3 +88,122 @@ def same_first_tokens(tokens: list[int], reference: list[int], first: int) -> No
     same = next((i for i, (a, b) in enumerate(zip(tokens, reference)) if a != b), min(len(tokens), len(reference)))
     assert same >= first, (f"the quantized model's greedy answer leaves FP32's after {same} tokens; the first "
                            f"{first} must match. Which layers lose the most to INT8? See the sensitivity scan.")
+
+
+def same_tokens(tokens, reference: list[int], tokenizer, prompt: str) -> None:
+    """The student's generated tokens must equal the reference loop's, exactly."""
+    assert isinstance(tokens, (list, tuple)) and all(isinstance(t, int) for t in tokens), (
+        f"return a list of Python ints (use int(...) on numpy values); got {type(tokens).__name__}")
+    if list(tokens) == reference:
+        return
+    first = next((i for i, (a, b) in enumerate(zip(tokens, reference)) if a != b), min(len(tokens), len(reference)))
+    assert False, (f"on {prompt!r} your tokens leave the reference at position {first} of {len(reference)}:\n"
+                   f"  yours:     {tokenizer.decode(list(tokens)[:first + 3])!r} ({len(tokens)} tokens)\n"
+                   f"  reference: {tokenizer.decode(reference[:first + 3])!r}\n"
+                   "Argmax of the last position's logits? Stopping before (not after) an end-of-turn token?")
+
+
+def loop_matches_reference(loop, session, tokenizer, prompts: list[str], new_tokens: int) -> None:
+    """`loop(session, prompt_ids, max_new_tokens, stop_ids)` against labkit's no-cache loop."""
+    from . import generate
+    from .parity import chat_ids
+
+    stop = generate.stop_ids(tokenizer)
+    for prompt in prompts:
+        ids = chat_ids(tokenizer, prompt).numpy()
+        reference = generate.generate(generate.NoCache(session), ids, max_new_tokens=new_tokens, stop=stop).tokens
+        same_tokens(loop(session, ids, new_tokens, stop), reference, tokenizer, prompt)
+
+
+class ScriptedSession:
+    """Stands in for an ONNX Runtime session of the no-cache graph: the argmax of the
+    last position is `script[k]` once k tokens follow the prompt."""
+
+    def __init__(self, script: list[int], vocab: int, prompt_len: int):
+        self.script, self.vocab, self.prompt_len = script, vocab, prompt_len
+
+    def get_inputs(self):
+        return [type("Input", (), {"name": n})() for n in ("input_ids", "attention_mask")]
+
+    def run(self, output_names, feed):
+        import numpy as np
+
+        length = feed["input_ids"].shape[1]
+        logits = np.zeros((1, length, self.vocab), np.float32)
+        logits[0, -1, self.script[min(length - self.prompt_len, len(self.script) - 1)]] = 1.0
+        return [logits]
+
+
+def stops_at_end_of_turn(loop, tokenizer) -> None:
+    """The loop must stop on an end-of-turn token and leave it out of its result."""
+    import numpy as np
+
+    from .generate import stop_ids
+
+    stop = stop_ids(tokenizer)
+    end = max(stop)
+    words = tokenizer("The answer is seven", add_special_tokens=False)["input_ids"]
+    session = ScriptedSession(words + [end] + words, vocab=len(tokenizer), prompt_len=3)
+    got = loop(session, np.array([[1, 2, 3]], np.int64), 20, stop)
+    assert list(got) == words, (
+        f"the model said {tokenizer.decode(words)!r} then its end-of-turn token {tokenizer.decode([end])!r}; "
+        f"your loop returned {tokenizer.decode(list(got))!r} ({len(got)} tokens). Stop as soon as a token "
+        "in stop_ids comes out, without adding it.")
+
+
+def kv_graph(path: str | Path, layers: int) -> None:
+    """Inputs and outputs of the KV-cache graph by name, dtype and rank, with named (symbolic) dims."""
+    from .export_kv import input_names, output_names
+
+    io = onnx_graph.graph_io(path)
+    got_in, got_out = [v["name"] for v in io["inputs"]], [v["name"] for v in io["outputs"]]
+    assert got_in == input_names(layers), (
+        f"inputs are {got_in[:5]}..., expected {input_names(layers)[:5]}... ({len(input_names(layers))} in all): "
+        "input_ids, attention_mask, position_ids, then past_key_values.{i}.key/.value per layer")
+    assert got_out == output_names(layers), (
+        f"outputs are {got_out[:4]}..., expected logits then present.{{i}}.key/.value per layer")
+    for v in io["inputs"] + io["outputs"]:
+        cache = v["name"].startswith(("past_key_values.", "present."))
+        dtype, rank = ("float32", 4) if cache or v["name"] == "logits" else ("int64", 2)
+        rank = 3 if v["name"] == "logits" else rank
+        assert v["dtype"] == dtype and len(v["shape"]) == rank, (
+            f"{v['name']} is {v['dtype']} of rank {len(v['shape'])}, expected {dtype} of rank {rank}")
+        length_axis = 2 if cache else 1
+        for axis in (0, length_axis):
+            assert isinstance(v["shape"][axis], str), (
+                f"{v['name']} has a fixed size {v['shape'][axis]} on axis {axis}; batch and sequence lengths "
+                "must be symbolic (a named dim in dynamic_shapes)")
+
+
+def faster(fast, slow, repeats: int = 2) -> float:
+    """Best-of-`repeats` time of `slow()` over `fast()`, measured now, side by side;
+    fails unless `fast` is faster. Returns the ratio."""
+    import time
+
+    def best(fn):
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - started)
+        return min(times)
+
+    ratio = best(slow) / best(fast)
+    assert ratio > 1, (f"the cached loop took {1 / ratio:.2f}x the time of the no-cache loop: is the decode step "
+                       "feeding only the new token, with the past from the previous call?")
+    return ratio
+
+
+def summary_frame(summary, bench) -> None:
+    """The chart's data: one row per configuration of `bench`, compression and tok_s."""
+    import numpy as np
+
+    expected = ["engine", "precision", "cache", "compression", "tok_s"]
+    assert list(summary.columns) == expected, f"columns are {list(summary.columns)}, expected {expected}"
+    assert len(summary) == len(bench), f"{len(summary)} rows; bench has {len(bench)}: one row per bench row"
+    keys = ["engine", "precision", "cache"]
+    assert summary[keys].reset_index(drop=True).equals(bench[keys].reset_index(drop=True)), (
+        "the rows must be bench's configurations in bench's order")
+    assert np.allclose(summary["compression"].to_numpy(float), 1 / bench["ratio"].to_numpy(float), rtol=1e-3), (
+        "compression is FP32 bytes divided by the row's bytes (1 / bench['ratio'])")
+    assert np.allclose(summary["tok_s"].to_numpy(float), bench["tok_s"].to_numpy(float)), "tok_s must be bench's"

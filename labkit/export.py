@@ -142,10 +142,12 @@ def _quiet_exporter():
 
 
 def export_onnx(model: torch.nn.Module, out_dir: str | Path, *, wrapper: torch.nn.Module | None = None,
-                shapes: tuple | None = None, example: tuple | None = None) -> Path:
+                shapes: tuple | None = None, example: tuple | None = None,
+                names: tuple[list[str], list[str]] = (INPUT_NAMES, OUTPUT_NAMES), finish=None) -> Path:
     """Export `model` to `out_dir/model.onnx` + `model.onnx.data` (float32) and return
     the model path. The files are written in `<out_dir>.partial` and moved into
-    place only once the checker has passed them."""
+    place only once the checker has passed them. `names` are the graph's (inputs,
+    outputs); `finish(graph)` may edit the graph (without weights) before the check."""
     out_dir = Path(out_dir)
     params = sum(p.numel() for p in model.parameters())
     check_writable(out_dir, int(4 * params * 1.05), ExportError)
@@ -159,7 +161,7 @@ def export_onnx(model: torch.nn.Module, out_dir: str | Path, *, wrapper: torch.n
             # otherwise hand torch.export tensors it refuses to trace.
             with export_patches(model), _quiet_exporter(), torch.inference_mode(False), torch.no_grad():
                 program = torch.onnx.export(
-                    wrapper, example, dynamo=True, input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
+                    wrapper, example, dynamo=True, input_names=names[0], output_names=names[1],
                     dynamic_shapes=shapes or dynamic_shapes(), optimize=True, verbose=False)
             steps.update()
             steps.set_postfix_str("write weights")
@@ -169,6 +171,8 @@ def export_onnx(model: torch.nn.Module, out_dir: str | Path, *, wrapper: torch.n
             steps.set_postfix_str("name nodes and weights")
             graph = onnx.load(str(partial / MODEL_FILE), load_external_data=False)
             readable_names(graph)
+            if finish is not None:
+                finish(graph)
             onnx.save(graph, str(partial / MODEL_FILE))
             steps.update()
             steps.set_postfix_str("check")

@@ -1,11 +1,267 @@
-"""Greedy generation: the reference loops that parity checks compare.
+"""Generation loops over an ONNX Runtime session (notebooks 04 and 05).
 
-`greedy_ort` is the no-cache loop: every step feeds the whole sequence again.
+`NoCache` is the loop of notebook 04: every step feeds the whole sequence again,
+so step t costs a forward pass over t tokens. `KVCache` is notebook 05's: each
+step feeds one token and the keys and values of the past. `generate` drives
+either with greedy decoding or sampling, stop tokens, streaming and timing.
 """
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
 import numpy as np
 import torch
+
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
+
+
+class WrongGraph(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Greedy when `temperature` is 0; otherwise sampling, reproducible by `seed`."""
+    temperature: float = 0.0
+    top_k: int = 0                   # 0: no limit
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0  # >1 discourages tokens already in the sequence
+    seed: int | None = 0
+
+
+GREEDY = Sampling()
+
+
+@dataclass
+class Result:
+    tokens: list[int]
+    text: str
+    prompt_tokens: int
+    ttft_s: float                    # prompt in, first new token out
+    seconds: float                   # the whole call
+    stopped_by: str                  # "end of turn", "max_new_tokens" or "stop"
+    pieces: list[str] = field(default_factory=list, repr=False)
+
+    @property
+    def new_tokens(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def tok_s(self) -> float:
+        """Decode speed: tokens after the first, per second after the first."""
+        if self.new_tokens < 2 or self.seconds <= self.ttft_s:
+            return 0.0
+        return (self.new_tokens - 1) / (self.seconds - self.ttft_s)
+
+    def timing(self) -> str:
+        return (f"{self.prompt_tokens} prompt tokens, {self.new_tokens} new, first token after "
+                f"{self.ttft_s:.2f} s, {self.tok_s:.1f} tokens/s")
+
+
+class NoCache:
+    """Logits of the last position, feeding the whole sequence at every step."""
+
+    def __init__(self, session):
+        names = [i.name for i in session.get_inputs()]
+        if any(n.startswith("past_key_values") for n in names):
+            raise WrongGraph("this is the KV-cache graph (it takes past_key_values inputs); the no-cache loop "
+                             "needs notebook 02's graph, whose only inputs are input_ids and attention_mask")
+        if "input_ids" not in names:
+            raise WrongGraph(f"this graph has no input_ids input (its inputs: {', '.join(names)})")
+        self.session, self.names = session, names
+
+    def start(self, prompt_ids: np.ndarray) -> np.ndarray:
+        self.ids = np.asarray(prompt_ids, dtype=np.int64).reshape(1, -1)
+        return self._last_logits()
+
+    def step(self, token: int) -> np.ndarray:
+        self.ids = np.concatenate([self.ids, np.array([[token]], np.int64)], axis=1)
+        return self._last_logits()
+
+    def _last_logits(self) -> np.ndarray:
+        feed = {"input_ids": self.ids, "attention_mask": np.ones_like(self.ids)}
+        return self.session.run(["logits"], {k: v for k, v in feed.items() if k in self.names})[0][0, -1]
+
+
+class KVCache:
+    """Logits of the last position, feeding only the new tokens plus the cache of
+    the past (notebook 05's graph). With `io_binding`, the cache stays in ONNX
+    Runtime's own buffers from one step to the next instead of being copied out
+    to numpy and back in."""
+
+    def __init__(self, session, io_binding: bool = True):
+        inputs = {i.name: i for i in session.get_inputs()}
+        if "past_key_values.0.key" not in inputs:
+            raise WrongGraph("this graph has no past_key_values inputs: it is notebook 02's graph without a "
+                             "cache; use the no-cache loop (NoCache) or export the KV graph (notebook 05)")
+        self.session, self.io_binding = session, io_binding
+        self.past_names = [n for n in inputs if n.startswith("past_key_values.")]
+        self.present_names = [n.replace("past_key_values.", "present.") for n in self.past_names]
+        _, heads, _, head_dim = inputs["past_key_values.0.key"].shape
+        self.empty = np.zeros((1, heads, 0, head_dim), np.float32)
+
+    def start(self, prompt_ids: np.ndarray) -> np.ndarray:
+        import onnxruntime as ort
+
+        self.length = 0
+        self.past = [ort.OrtValue.ortvalue_from_numpy(self.empty) for _ in self.past_names] if self.io_binding \
+            else [self.empty] * len(self.past_names)
+        return self._run(np.asarray(prompt_ids, dtype=np.int64).reshape(1, -1))
+
+    def step(self, token: int) -> np.ndarray:
+        return self._run(np.array([[token]], np.int64))
+
+    def _run(self, ids: np.ndarray) -> np.ndarray:
+        total = self.length + ids.shape[1]
+        feed = {"input_ids": ids, "attention_mask": np.ones((1, total), np.int64),
+                "position_ids": np.arange(self.length, total, dtype=np.int64).reshape(1, -1)}
+        if self.io_binding:
+            binding = self.session.io_binding()
+            for name, value in feed.items():
+                binding.bind_cpu_input(name, value)
+            for name, value in zip(self.past_names, self.past):
+                binding.bind_ortvalue_input(name, value)
+            for name in ["logits", *self.present_names]:
+                binding.bind_output(name, "cpu")
+            self.session.run_with_iobinding(binding)
+            outputs = binding.get_outputs()
+            logits, self.past = outputs[0].numpy(), outputs[1:]
+        else:
+            outputs = self.session.run(["logits", *self.present_names], {**feed, **dict(zip(self.past_names, self.past))})
+            logits, self.past = outputs[0], outputs[1:]
+        self.length = total
+        return logits[0, -1]
+
+
+class Recompute(KVCache):
+    """The no-cache strategy on the KV graph: every step starts from an empty past
+    and feeds the whole sequence. Same graph, same weights as `KVCache`, so the two
+    must pick the same tokens; only the work per step differs."""
+
+    def start(self, prompt_ids: np.ndarray) -> np.ndarray:
+        self.ids = np.asarray(prompt_ids, dtype=np.int64).reshape(1, -1)
+        return super().start(self.ids)
+
+    def step(self, token: int) -> np.ndarray:
+        self.ids = np.concatenate([self.ids, np.array([[token]], np.int64)], axis=1)
+        return super().start(self.ids)
+
+
+def stop_ids(tokenizer) -> set[int]:
+    """End-of-sequence and the chat template's end-of-turn tokens."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    vocab = tokenizer.get_vocab()
+    return ids | {vocab[t] for t in END_OF_TURN if t in vocab}
+
+
+def next_token(logits: np.ndarray, sampling: Sampling, seen: Iterable[int], rng: np.random.Generator) -> int:
+    """Pick one token from the last position's logits."""
+    logits = logits.astype(np.float64)  # a copy: penalties must not touch the session's buffer
+    if sampling.repetition_penalty != 1.0:
+        seen = np.fromiter(set(seen), dtype=np.int64)
+        # As in transformers: shrink positive logits, push negative ones further down.
+        values = logits[seen]
+        logits[seen] = np.where(values > 0, values / sampling.repetition_penalty,
+                                values * sampling.repetition_penalty)
+    if sampling.temperature <= 0:
+        return int(logits.argmax())
+    logits = logits / sampling.temperature
+    if 0 < sampling.top_k < logits.size:
+        cutoff = np.partition(logits, -sampling.top_k)[-sampling.top_k]
+        logits[logits < cutoff] = -np.inf
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    if sampling.top_p < 1.0:
+        order = np.argsort(-probs, kind="stable")
+        cumulative = np.cumsum(probs[order])
+        keep = order[:int(np.searchsorted(cumulative, sampling.top_p)) + 1]  # smallest set reaching top_p
+        kept = np.zeros_like(probs)
+        kept[keep] = probs[keep]
+        probs = kept / kept.sum()
+    return int(rng.choice(probs.size, p=probs))
+
+
+class TextStream:
+    """Turns tokens into text pieces as they arrive. A multi-byte character split
+    across tokens decodes to U+FFFD until its last byte arrives, so text is held
+    back until it decodes cleanly; the pieces concatenate to the final text.
+    Tokens between `think` = (start id, end id) (Qwen3's reasoning) are never shown."""
+
+    def __init__(self, tokenizer, think: tuple[int, int] | None = None):
+        self.tokenizer, self.think = tokenizer, think
+        self.visible: list[int] = []
+        self.thinking = self.thought = False
+        self.shown = ""
+
+    def push(self, token: int) -> str:
+        if self.think and token == self.think[0]:
+            self.thinking = True
+        elif self.think and token == self.think[1]:
+            self.thinking, self.thought = False, True
+        elif not self.thinking:
+            self.visible.append(token)
+            text = self.text()
+            if not text.endswith("\ufffd") and text.startswith(self.shown):
+                piece, self.shown = text[len(self.shown):], text
+                return piece
+        return ""
+
+    def flush(self) -> str:
+        text = self.text()
+        piece = text[len(self.shown):] if text.startswith(self.shown) else ""
+        self.shown += piece
+        return piece
+
+    def text(self) -> str:
+        text = self.tokenizer.decode(self.visible, skip_special_tokens=True)
+        return text.lstrip() if self.thought else text  # the blank line after </think>
+
+
+def generate(stepper, prompt_ids, tokenizer=None, max_new_tokens: int = 64, sampling: Sampling = GREEDY,
+             stop: set[int] | None = None, on_text: Callable[[str], None] | None = None,
+             should_stop: Callable[[], bool] | None = None, stream: TextStream | None = None) -> Result:
+    """Generate up to `max_new_tokens` after `prompt_ids` with `stepper` (e.g. `NoCache(session)`).
+
+    Stops at a token in `stop` (default: the tokenizer's end-of-turn tokens; the
+    stop token is not returned) or when `should_stop()` turns true. With a
+    tokenizer (or a `stream`), `on_text` receives the text as it is produced."""
+    prompt = np.asarray(prompt_ids, dtype=np.int64).reshape(-1)
+    if stop is None:
+        stop = stop_ids(tokenizer) if tokenizer is not None else set()
+    if stream is None and tokenizer is not None:
+        stream = TextStream(tokenizer)
+    rng = np.random.default_rng(sampling.seed)
+    tokens: list[int] = []
+    pieces: list[str] = []
+    started = time.perf_counter()
+    ttft = 0.0
+    stopped_by = "max_new_tokens"
+    logits = stepper.start(prompt) if max_new_tokens > 0 else None
+    for _ in range(max_new_tokens):
+        token = next_token(logits, sampling, [*prompt.tolist(), *tokens], rng)
+        if not tokens:
+            ttft = time.perf_counter() - started
+        if token in stop:
+            stopped_by = "end of turn"
+            break
+        tokens.append(token)
+        if stream is not None and (piece := stream.push(token)):
+            pieces.append(piece)
+            if on_text:
+                on_text(piece)
+        if should_stop is not None and should_stop():
+            stopped_by = "stop"
+            break
+        if len(tokens) < max_new_tokens:
+            logits = stepper.step(token)
+    if stream is not None and (piece := stream.flush()):
+        pieces.append(piece)
+        if on_text:
+            on_text(piece)
+    text = "".join(pieces)
+    return Result(tokens, text, len(prompt), ttft, time.perf_counter() - started, stopped_by, pieces)
 
 
 def greedy_torch(model, input_ids: torch.Tensor, new_tokens: int) -> list[int]:
@@ -20,11 +276,4 @@ def greedy_torch(model, input_ids: torch.Tensor, new_tokens: int) -> list[int]:
 
 def greedy_ort(session, input_ids: np.ndarray, new_tokens: int) -> list[int]:
     """Exactly `new_tokens` argmax tokens from an ONNX session of the no-cache graph."""
-    ids = np.asarray(input_ids, dtype=np.int64).reshape(1, -1)
-    tokens = []
-    for _ in range(new_tokens):
-        logits = session.run(["logits"], {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0]
-        nxt = int(logits[0, -1].argmax())
-        tokens.append(nxt)
-        ids = np.concatenate([ids, [[nxt]]], axis=1)
-    return tokens
+    return generate(NoCache(session), input_ids, max_new_tokens=new_tokens, stop=set()).tokens

@@ -16,7 +16,20 @@ Logits = Callable[[np.ndarray], np.ndarray]  # int64 [1, T] -> float32 [1, T, vo
 
 
 def session_logits(session) -> Logits:
-    return lambda ids: session.run(["logits"], {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0]
+    """All positions' logits from a graph with or without a KV cache (then: an empty past)."""
+    from .generate import KVCache, WrongGraph
+
+    try:
+        kv = KVCache(session, io_binding=False)
+    except WrongGraph:
+        return lambda ids: session.run(["logits"], {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0]
+
+    def run(ids: np.ndarray) -> np.ndarray:
+        feed = {"input_ids": ids, "attention_mask": np.ones_like(ids),
+                "position_ids": np.arange(ids.shape[1], dtype=np.int64)[None]}
+        return session.run(["logits"], {**feed, **dict.fromkeys(kv.past_names, kv.empty)})[0]
+
+    return run
 
 
 def torch_logits(model) -> Logits:

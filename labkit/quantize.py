@@ -189,13 +189,16 @@ def _quiet_ort_quantizer():
     """quantize_static logs "consider pre-processing" to the root logger, i.e. to
     stderr in a notebook. Its pre-processing (symbolic shape inference) targets
     CNNs; our graph already carries its shapes."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
+    # The 4-bit quantizer logs every node it visits at INFO through a logger of its own.
+    loggers = [logging.getLogger(), logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        root.setLevel(level)
+        for log, level in zip(loggers, levels):
+            log.setLevel(level)
 
 
 def _record(graph: onnx.ModelProto, key: str, value: str) -> None:
@@ -303,7 +306,8 @@ def quantize_int4_weight_only(fp32_path: str | Path, out_dir: str | Path, block_
                                               op_types_to_quantize=("MatMul", "Gather"),
                                               quant_axes=(("MatMul", 0), ("Gather", 1)))
         quantizer = MatMulNBitsQuantizer(model, algo_config=config)
-        quantizer.process()
+        with _quiet_ort_quantizer(), np.errstate(invalid="ignore", divide="ignore"):  # all-zero blocks
+            quantizer.process()
         del model
         quantizer.model.save_model_to_file(str(work / MODEL_FILE), use_external_data_format=True)
         shutil.rmtree(work / "float")

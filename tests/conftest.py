@@ -42,3 +42,11 @@ def tiny_onnx(tmp_path_factory, tiny):
     from labkit import export
 
     return export.export_onnx(tiny.model, tmp_path_factory.mktemp("onnx") / "fp32")
+
+
+@pytest.fixture(scope="session")
+def tiny_kv(tmp_path_factory, tiny):
+    """The tiny Qwen3's KV-cache export, with its tokenizer and genai_config.json."""
+    from labkit import export_kv
+
+    return export_kv.export_kv(tiny.model, tmp_path_factory.mktemp("onnx") / "kv", tiny.tokenizer)

@@ -1,0 +1,64 @@
+"""The lab's ONNX graphs for one model, built once and reused while still valid.
+
+    fp32      notebook 02: no cache             int8      notebook 03: static INT8 of fp32
+    kv-fp32   notebook 05: with a KV cache      kv-int8   static INT8 of kv-fp32, calibrated on
+                                                          prefill and decode-step feeds
+                                                kv-int4   4-bit weights of kv-fp32 (MatMulNBits)
+
+A graph is reused when it loads and is newer than the graph it was made from;
+otherwise it is rebuilt, and the log says which.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from .onnx_graph import BrokenOnnxFile, load_graph
+from .paths import MODEL_FILE, onnx_dir
+
+SOURCES = {"fp32": None, "int8": "fp32", "kv-fp32": None, "kv-int8": "kv-fp32", "kv-int4": "kv-fp32"}
+
+
+def path(loaded, variant: str) -> Path:
+    return onnx_dir(loaded.name, variant) / MODEL_FILE
+
+
+def is_valid(loaded, variant: str) -> bool:
+    target = path(loaded, variant)
+    try:
+        load_graph(target)
+    except BrokenOnnxFile:
+        return False
+    source = SOURCES[variant]
+    return source is None or (is_valid(loaded, source)
+                              and target.stat().st_mtime >= path(loaded, source).stat().st_mtime)
+
+
+def _build(loaded, variant: str) -> Path:
+    from . import calibration, export, export_kv, quantize
+
+    out = onnx_dir(loaded.name, variant)
+    if variant == "fp32":
+        return export.export_onnx(loaded.model, out)
+    if variant == "kv-fp32":
+        return export_kv.export_kv(loaded.model, out, loaded.tokenizer)
+    source = ensure(loaded, SOURCES[variant])
+    if variant == "kv-int4":
+        built = quantize.quantize_int4_weight_only(source, out)
+    else:
+        prompts = calibration.PromptReader(loaded.tokenizer)
+        reader = prompts if variant == "int8" else calibration.KVCacheReader(loaded.model, loaded.tokenizer)
+        built = quantize.quantize_int8_static(source, out, reader, quantize.lab_recipe(loaded.model, prompts))
+    if variant.startswith("kv-"):  # the folder runs in onnxruntime-genai like its source
+        loaded.tokenizer.save_pretrained(out)
+        export_kv.write_genai_config(loaded.model.config, loaded.tokenizer, out)
+    return built
+
+
+def ensure(loaded, variant: str, log: Callable[[str], None] = print) -> Path:
+    """The graph `variant` of `loaded`'s model, built if missing or stale."""
+    if is_valid(loaded, variant):
+        log(f"{variant}: reusing {path(loaded, variant)}")
+        return path(loaded, variant)
+    log(f"{variant}: building {path(loaded, variant)}")
+    return _build(loaded, variant)

@@ -1,0 +1,256 @@
+"""What each step of the lab bought: one table of engines x prompt lengths, measured
+in one run on this machine (`python -m labkit bench`, notebook 05).
+
+Each row: file size and compression ratio vs FP32, time to first token, decode
+tokens/s (new tokens after the first, over the time after the first), peak RSS
+while the row ran, and quality vs FP32 (held-out English perplexity, greedy-token
+agreement). Weight bandwidth = bytes of weights per token x tokens/s, next to the
+machine's own memory bandwidth: a decode step reads every weight once, so that
+is the ceiling for a cached loop.
+"""
+from __future__ import annotations
+
+import gc
+import importlib.util
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import psutil
+
+from . import artifacts, generate, quality, runtime
+from .parity import chat_ids
+from .onnx_graph import file_bytes
+
+PROMPT_LENGTHS = (32, 256, 1024)
+NEW_TOKENS = 32          # cached loops
+NEW_TOKENS_NO_CACHE = 8  # each no-cache step recomputes the whole prompt: a few steps tell the rate
+
+
+@dataclass
+class Engine:
+    engine: str           # "pytorch", "onnxruntime", "onnxruntime-genai"
+    precision: str
+    cache: bool
+    bytes: int
+    open: Callable[[], Callable[[np.ndarray, int], tuple[list[int], float, float]]]
+    # open() -> run(prompt_ids, new_tokens) -> (tokens, ttft_s, total_s)
+    logits: Callable[[], quality.Logits] | None = None  # for perplexity; None: not measured
+    graph: Path | None = None
+
+
+class PeakRSS:
+    """Highest resident memory of this process while the block runs (sampled)."""
+
+    def __enter__(self):
+        self.peak = psutil.Process().memory_info().rss
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        process = psutil.Process()
+        while not self._done.wait(0.02):
+            self.peak = max(self.peak, process.memory_info().rss)
+
+    def __exit__(self, *exc):
+        self._done.set()
+        self._thread.join()
+
+    @property
+    def gb(self) -> float:
+        return self.peak / 1e9
+
+
+def memory_bandwidth_gb_s(megabytes: int = 512, repeats: int = 5) -> float:
+    """Copy bandwidth of this machine (read + write), best of `repeats`."""
+    source = np.ones(megabytes * 2**20 // 8)
+    target = np.empty_like(source)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        np.copyto(target, source)
+        best = min(best, time.perf_counter() - started)
+    return 2 * source.nbytes / best / 1e9
+
+
+def _ort(engine: str, precision: str, cache: bool, path: Path, threads: int) -> Engine:
+    loop = generate.KVCache if cache else generate.NoCache
+    return Engine(engine, precision, cache, file_bytes(path), _ort_runner(path, loop, threads),
+                  lambda: quality.session_logits(runtime.session(path, threads)), path)
+
+
+def _ort_runner(path: Path, loop, threads: int):
+    def open_():
+        session = runtime.session(path, threads)
+
+        def run(ids, new_tokens):
+            result = generate.generate(loop(session), ids, max_new_tokens=new_tokens, stop=set())
+            return result.tokens, result.ttft_s, result.seconds
+        return run
+    return open_
+
+
+def _torch_runner(model, cache: bool):
+    def open_():
+        import torch
+
+        def run(ids, new_tokens):
+            started = time.perf_counter()
+            tensor = torch.from_numpy(ids)
+            tokens, ttft = [], 0.0
+            with torch.inference_mode():
+                if cache:  # transformers' own generate: a KV cache, one token per step
+                    out = model.generate(tensor, attention_mask=torch.ones_like(tensor), max_new_tokens=new_tokens,
+                                         min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+                    total = time.perf_counter() - started
+                    first = time.perf_counter()
+                    model(tensor)  # the prefill alone: generate does not report its first token's time
+                    return out[0, ids.shape[1]:].tolist(), time.perf_counter() - first, total
+                for _ in range(new_tokens):  # eager, no cache: the whole sequence every step
+                    logits = model(tensor, use_cache=False).logits
+                    tokens.append(int(logits[0, -1].argmax()))
+                    ttft = ttft or time.perf_counter() - started
+                    tensor = torch.cat([tensor, torch.tensor([[tokens[-1]]])], dim=1)
+            return tokens, ttft, time.perf_counter() - started
+        return run
+    return open_
+
+
+def _genai_runner(folder: Path):
+    def open_():
+        import onnxruntime_genai as og
+
+        model = og.Model(str(folder))
+
+        def run(ids, new_tokens):
+            params = og.GeneratorParams(model)
+            params.set_search_options(do_sample=False, max_length=ids.shape[1] + new_tokens,
+                                      min_length=ids.shape[1] + new_tokens)
+            started = time.perf_counter()
+            generator = og.Generator(model, params)
+            generator.append_tokens(ids[0].tolist())
+            generator.generate_next_token()
+            ttft = time.perf_counter() - started
+            while not generator.is_done():
+                generator.generate_next_token()
+            tokens = list(generator.get_sequence(0))[ids.shape[1]:]
+            return tokens, ttft, time.perf_counter() - started
+        return run
+    return open_
+
+
+def genai_builder_models(loaded, log=print) -> dict[str, Path]:
+    """onnxruntime-genai's model builder output for the same model (FP32, INT4), if
+    the package is installed; {} with a message otherwise."""
+    import subprocess
+    import sys
+
+    from .models import default_model_folder
+    from .paths import onnx_dir
+
+    if importlib.util.find_spec("onnxruntime_genai") is None:
+        log("peer onnxruntime-genai: not installed (pip install onnxruntime-genai); skipped")
+        return {}
+    if loaded.name != "smollm2-135m":
+        log(f"peer onnxruntime-genai builder: only run for the bundled model, not {loaded.name}; skipped")
+        return {}
+    built = {}
+    for precision in ("fp32", "int4"):
+        out = onnx_dir(loaded.name, f"genai-builder-{precision}")
+        if not (out / "genai_config.json").is_file():
+            log(f"peer onnxruntime-genai builder {precision}: building {out}")
+            command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-m", "HuggingFaceTB/SmolLM2-135M-Instruct",
+                       "-i", str(default_model_folder()), "-o", str(out), "-p", precision, "-e", "cpu",
+                       "-c", str(out.parent / "genai-cache")]
+            done = subprocess.run(command, capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1",
+                                                                                  **__import__("os").environ})
+            if done.returncode != 0:
+                log(f"peer onnxruntime-genai builder {precision} failed; skipped:\n{done.stderr[-1500:]}")
+                continue
+        built[precision] = out
+    return built
+
+
+def engines(loaded, threads: int, log=print, peers: bool = True) -> list[Engine]:
+    """Every engine the benchmark compares, graphs built or reused first."""
+    graphs = {v: artifacts.ensure(loaded, v, log) for v in ("fp32", "int8", "kv-fp32", "kv-int8", "kv-int4")}
+    fp32_bytes = file_bytes(graphs["fp32"])
+    logits = lambda: quality.torch_logits(loaded.model)  # noqa: E731
+    rows = [
+        Engine("pytorch", "fp32", False, fp32_bytes, _torch_runner(loaded.model, cache=False), logits, graphs["fp32"]),
+        Engine("pytorch", "fp32", True, fp32_bytes, _torch_runner(loaded.model, cache=True), logits, graphs["fp32"]),
+        _ort("onnxruntime", "fp32", False, graphs["fp32"], threads),
+        _ort("onnxruntime", "fp32", True, graphs["kv-fp32"], threads),
+        _ort("onnxruntime", "int8", False, graphs["int8"], threads),
+        _ort("onnxruntime", "int8", True, graphs["kv-int8"], threads),
+        _ort("onnxruntime", "int4", True, graphs["kv-int4"], threads),
+    ]
+    if not peers:
+        return rows
+    for precision, folder in genai_builder_models(loaded, log).items():
+        size = sum(file_bytes(p) for p in folder.glob("*.onnx"))
+        rows.append(Engine("onnxruntime-genai", precision, True, size, _genai_runner(folder)))
+    if importlib.util.find_spec("llama_cpp") is None:
+        log("peer llama.cpp: llama-cpp-python is not installed (it compiles llama.cpp); skipped")
+    return rows
+
+
+def prompt_of(tokenizer, length: int) -> np.ndarray:
+    """`length` tokens of held-out text (repeated if short)."""
+    from .calibration import heldout
+
+    data = heldout()
+    ids = tokenizer(data["text_en"] + "\n" + data["text_zh"], add_special_tokens=False)["input_ids"]
+    ids = (ids * (length // len(ids) + 1))[:length]
+    return np.asarray([ids], np.int64)
+
+
+def run(loaded, lengths=PROMPT_LENGTHS, threads: int | None = None, log=print, peers: bool = True):
+    """The benchmark table (a pandas DataFrame), one row per engine and prompt length."""
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    threads = threads or runtime.default_threads()
+    table = engines(loaded, threads, log, peers)
+    reference_tokens = None
+    perplexities: dict = {}
+    rows = []
+    bandwidth = memory_bandwidth_gb_s()
+    log(f"memory bandwidth (copy): {bandwidth:.1f} GB/s; {threads} threads")
+    fp32_bytes = table[0].bytes
+    for engine in tqdm(table, desc="bench", unit="engine"):
+        gc.collect()
+        with PeakRSS() as peak:
+            run_ = engine.open()
+            agreement_runs = [run_(chat_ids(loaded.tokenizer, item["prompt"]).numpy(), 16)[0]
+                              for item in quality.heldout()["prompts"]]
+            measured = []
+            for length in lengths:
+                ids = prompt_of(loaded.tokenizer, length)
+                new = NEW_TOKENS if engine.cache else NEW_TOKENS_NO_CACHE
+                run_(ids[:, :8], 2)  # warm-up: first-run allocations are not the engine's speed
+                tokens, ttft, total = run_(ids, new)
+                measured.append((length, len(tokens), ttft, total))
+            del run_
+        if reference_tokens is None:
+            reference_tokens = agreement_runs
+        if engine.logits is not None and engine.graph not in perplexities:  # once per graph, outside the RSS
+            perplexities[engine.graph] = quality.heldout_perplexities(engine.logits(), loaded.tokenizer)["en"]
+        for length, count, ttft, total in measured:
+            tok_s = (count - 1) / (total - ttft) if count > 1 and total > ttft else 0.0
+            rows.append({"engine": engine.engine, "precision": engine.precision, "cache": engine.cache,
+                         "bytes": engine.bytes, "ratio": round(engine.bytes / fp32_bytes, 4),
+                         "ttft_s": round(ttft, 4), "prompt_len": length, "tok_s": round(tok_s, 2),
+                         "peak_rss_gb": round(peak.gb, 2),
+                         "agreement": round(quality.agreement(agreement_runs, reference_tokens), 4),
+                         "ppl_en": round(perplexities[engine.graph], 2) if engine.graph in perplexities else None,
+                         "weight_gb_s": round(engine.bytes * tok_s / 1e9, 2),
+                         "memory_gb_s": round(bandwidth, 1)})
+        log(f"{engine.engine} {engine.precision} {'KV' if engine.cache else 'no cache'}: " + ", ".join(
+            f"{r['prompt_len']} tok {r['tok_s']} tok/s" for r in rows[-len(lengths):]))
+    return pd.DataFrame(rows)

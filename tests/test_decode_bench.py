@@ -1,0 +1,78 @@
+import os
+import time
+
+import pytest
+
+from labkit import artifacts, charts, checks, decode_bench
+from labkit.benchmarks import bench_decode
+
+CONTRACT = {"engine", "precision", "cache", "bytes", "ratio", "ttft_s", "prompt_len", "tok_s", "peak_rss_gb",
+            "agreement"}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A private artifacts directory for this module's graphs."""
+    folder = tmp_path_factory.mktemp("artifacts")
+    old = os.environ.get("LABKIT_ARTIFACTS")
+    os.environ["LABKIT_ARTIFACTS"] = str(folder)
+    yield folder
+    if old is None:
+        del os.environ["LABKIT_ARTIFACTS"]
+    else:
+        os.environ["LABKIT_ARTIFACTS"] = old
+
+
+@pytest.fixture(scope="module")
+def bench(workspace, tiny):
+    return decode_bench.run(tiny, lengths=(16,), peers=False, log=lambda _: None)
+
+
+def test_bench_rows_cover_every_engine(bench):
+    assert CONTRACT <= set(bench.columns)
+    configs = list(zip(bench["engine"], bench["precision"], bench["cache"]))
+    assert configs == [("pytorch", "fp32", False), ("pytorch", "fp32", True), ("onnxruntime", "fp32", False),
+                       ("onnxruntime", "fp32", True), ("onnxruntime", "int8", False), ("onnxruntime", "int8", True),
+                       ("onnxruntime", "int4", True)]
+    fp32 = bench[bench["precision"] == "fp32"]
+    assert (fp32["agreement"] == 1.0).all()  # every float engine picks PyTorch's tokens
+    assert fp32["ppl_en"].nunique() == 1 or fp32["ppl_en"].max() / fp32["ppl_en"].min() < 1 + 1e-4
+    assert (bench.loc[bench["precision"] == "int8", "ratio"] < 0.5).all()
+    assert (bench["tok_s"] > 0).all() and (bench["ttft_s"] > 0).all() and (bench["peak_rss_gb"] > 0).all()
+
+
+def test_the_chart_and_its_summary(bench):
+    summary = bench[["engine", "precision", "cache", "tok_s"]].copy()
+    summary.insert(3, "compression", 1 / bench["ratio"])
+    checks.summary_frame(summary, bench)
+    with pytest.raises(AssertionError, match="compression"):
+        checks.summary_frame(summary.assign(compression=bench["ratio"]), bench)
+    with pytest.raises(AssertionError, match="one row per bench row"):
+        checks.summary_frame(summary.head(3), bench)
+    figure = charts.deployment_summary(bench, prompt_len=16)
+    assert [len(ax.patches) for ax in figure.axes] == [len(bench)] * 2
+
+
+def test_artifacts_are_reused_until_their_source_changes(bench, tiny):
+    log = []
+    artifacts.ensure(tiny, "kv-int4", log.append)
+    assert log == [f"kv-int4: reusing {artifacts.path(tiny, 'kv-int4')}"]
+    source = artifacts.path(tiny, "kv-fp32")
+    later = time.time() + 10
+    os.utime(source, (later, later))
+    assert not artifacts.is_valid(tiny, "kv-int4")
+    assert artifacts.is_valid(tiny, "kv-fp32")
+
+
+def test_bench_writes_csv_png_and_json(bench, tmp_path, monkeypatch, tiny):
+    monkeypatch.setattr(decode_bench, "run", lambda loaded: bench)
+    monkeypatch.setattr("labkit.models.load", lambda name: tiny)
+    rows = bench_decode("qwen3-tiny", tmp_path / "bench.json", tmp_path)
+    assert (tmp_path / "bench.csv").is_file() and (tmp_path / "bench.png").stat().st_size > 10_000
+    assert len(rows) == len(bench) and CONTRACT <= set(rows[0])
+
+
+def test_faster_compares_side_by_side():
+    assert checks.faster(lambda: None, lambda: time.sleep(0.02)) > 1
+    with pytest.raises(AssertionError, match="cached loop took"):
+        checks.faster(lambda: time.sleep(0.02), lambda: None)

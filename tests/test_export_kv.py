@@ -1,0 +1,83 @@
+import json
+
+import numpy as np
+import pytest
+
+from labkit import checks, export_kv, generate, parity, runtime
+from labkit.generate import KVCache, NoCache
+
+PROMPTS = ("What is the capital of France?", "请用一句话介绍一下你自己。", "Count to five.")
+
+
+@pytest.fixture(scope="module")
+def kv_session(tiny_kv):
+    return runtime.session(tiny_kv)
+
+
+def test_graph_inputs_and_outputs(tiny_kv, tiny):
+    layers = tiny.model.config.num_hidden_layers
+    checks.kv_graph(tiny_kv, layers)
+    io = runtime.session(tiny_kv)
+    assert [i.name for i in io.get_inputs()] == export_kv.input_names(layers)
+    assert [o.name for o in io.get_outputs()] == export_kv.output_names(layers)
+    past = io.get_inputs()[3]
+    assert past.shape == ["batch", 2, "past_sequence", 8] and past.type == "tensor(float)"
+    assert io.get_outputs()[1].shape == ["batch", 2, "total_sequence", 8]
+
+
+def test_cached_greedy_equals_no_cache_and_pytorch(kv_session, tiny_onnx, tiny):
+    no_cache = runtime.session(tiny_onnx)
+    for prompt in PROMPTS:
+        ids = parity.chat_ids(tiny.tokenizer, prompt)
+        cached = generate.generate(KVCache(kv_session), ids.numpy(), max_new_tokens=32, stop=set()).tokens
+        plain = generate.generate(KVCache(kv_session, io_binding=False), ids.numpy(), max_new_tokens=32,
+                                  stop=set()).tokens
+        assert cached == plain == generate.greedy_ort(no_cache, ids.numpy(), 32) == \
+            generate.greedy_torch(tiny.model, ids, 32)
+
+
+def test_prefill_and_decode_logits_match_pytorch(kv_session, tiny):
+    import torch
+
+    ids = parity.chat_ids(tiny.tokenizer, "Hello there").numpy()
+    with torch.no_grad():
+        reference = tiny.model(torch.from_numpy(ids)).logits[0].numpy()
+    step = KVCache(kv_session)
+    logits = [step.start(ids[:, :-3])] + [step.step(int(t)) for t in ids[0, -3:]]
+    for k, got in enumerate(logits):
+        np.testing.assert_allclose(got, reference[ids.shape[1] - 4 + k], atol=1e-4)
+
+
+def test_the_loops_reject_each_others_graph(kv_session, tiny_onnx):
+    with pytest.raises(generate.WrongGraph, match="no past_key_values"):
+        KVCache(runtime.session(tiny_onnx))
+    with pytest.raises(generate.WrongGraph, match="KV-cache graph"):
+        NoCache(kv_session)
+
+
+def test_the_folder_runs_in_onnxruntime_genai(tiny_kv, kv_session, tiny):
+    import onnxruntime_genai as og  # in the test extra
+
+    config = json.loads((tiny_kv.parent / export_kv.GENAI_CONFIG).read_text())
+    assert config["model"]["decoder"]["num_hidden_layers"] == tiny.model.config.num_hidden_layers
+    model = og.Model(str(tiny_kv.parent))
+    ids = parity.chat_ids(tiny.tokenizer, PROMPTS[0]).numpy()
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, max_length=ids.shape[1] + 16, min_length=ids.shape[1] + 16)
+    generator = og.Generator(model, params)
+    generator.append_tokens(ids[0].tolist())
+    while not generator.is_done():
+        generator.generate_next_token()
+    theirs = list(generator.get_sequence(0))[ids.shape[1]:]
+    ours = generate.generate(KVCache(kv_session), ids, max_new_tokens=len(theirs), stop=set()).tokens
+    assert len(theirs) == 16 and theirs == ours
+
+
+def test_the_chat_switches_to_the_cached_loop(tiny_kv, tiny_onnx, tiny):
+    from labkit.chat import Chat
+
+    cached = Chat(tiny_kv, tiny.tokenizer, loop=KVCache, max_new_tokens=8)
+    plain = Chat(tiny_onnx, tiny.tokenizer, max_new_tokens=8)
+    for message in ("Hi", "And then?"):
+        assert cached.send(message).tokens == plain.send(message).tokens
+    assert cached.history == plain.history
