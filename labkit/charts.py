@@ -42,8 +42,8 @@ def quant_comparison(table: pd.DataFrame):
 
 
 def row_label(row) -> str:
-    engine = {"pytorch": "PyTorch", "onnxruntime": "ORT", "onnxruntime-genai": "genai builder"}[row["engine"]]
-    return f"{engine} {row['precision'].upper()}\n{'KV cache' if row['cache'] else 'no cache'}"
+    engine = {"pytorch": "PyTorch", "onnxruntime": "ORT", "onnxruntime-genai": "ORT-genai"}[row["engine"]]
+    return f"{engine}\n{row['precision'].upper()}\n{'KV cache' if row['cache'] else 'no cache'}"
 
 
 def deployment_summary(table: pd.DataFrame, prompt_len: int | None = None):
@@ -56,7 +56,7 @@ def deployment_summary(table: pd.DataFrame, prompt_len: int | None = None):
     rows.index = [row_label(r) for _, r in rows.iterrows()]
     colors = ["tab:gray" if e == "pytorch" else "tab:purple" if e == "onnxruntime-genai"
               else "tab:blue" if p == "fp32" else "tab:green" for e, p in zip(rows["engine"], rows["precision"])]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.6))
     (1 / rows["ratio"]).plot.bar(ax=axes[0], color=colors, title="compression vs FP32 (x, higher is smaller)")
     _label_bars(axes[0], "%.1fx")
     rows["tok_s"].plot.bar(ax=axes[1], color=colors,

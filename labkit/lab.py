@@ -1,8 +1,10 @@
 """The lab's main job (`make lab`, `python -m labkit lab`): run every step that
 exists, headless, and write one report.
 
-Today: notebook 01's environment report and model check, and notebook 02's
-export with its parity check; each later notebook adds its step here.
+Notebook 01's environment report and model check, 02's exports (without and
+with a KV cache) and parity check, 03's INT8 graphs, 04's chat with each graph,
+05's benchmark and chart: one markdown report with the chart, the table and the
+transcripts.
 """
 from __future__ import annotations
 
@@ -11,8 +13,7 @@ import time
 from pathlib import Path
 
 from . import env, models, onnx_graph, parity, runtime
-from .export import export_onnx
-from .paths import artifact_path, onnx_dir
+from .paths import artifact_path
 
 CHECK_PROMPT = "What is the capital of France?"
 
@@ -39,8 +40,40 @@ def model_check(loaded: models.LoadedModel | None = None, prompt: str = CHECK_PR
             "new_tokens": int(new.numel()), "tok_s": round(new.numel() / gen_s, 1)}
 
 
+CHAT_MESSAGES = ("What is the capital of France?", "请用一句话介绍一下你自己。")
+GRAPHS = {"FP32, no cache": ("fp32", "NoCache"), "INT8, no cache": ("int8", "NoCache"),
+          "FP32, KV cache": ("kv-fp32", "KVCache"), "INT8, KV cache": ("kv-int8", "KVCache")}
+
+
+def chat_samples(loaded, messages=CHAT_MESSAGES, max_new_tokens: int = 48) -> dict[str, str]:
+    """A short conversation with each graph (notebook 04's chat, notebook 05's loop)."""
+    from . import artifacts, generate
+    from .chat import Chat
+
+    transcripts = {}
+    for label, (variant, loop) in GRAPHS.items():
+        chat = Chat(artifacts.path(loaded, variant), loaded.tokenizer, f"{loaded.name} {label}",
+                    max_new_tokens=max_new_tokens, loop=getattr(generate, loop))
+        for message in messages:
+            chat.send(message)
+        transcripts[label] = chat.markdown()
+        print(f"-- {label}\n{transcripts[label]}", flush=True)
+    return transcripts
+
+
+def markdown_table(table) -> str:
+    columns = list(table.columns)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join("" if v is None else str(v) for v in row) + " |"
+              for row in table.itertuples(index=False)]
+    return "\n".join(lines)
+
+
 def run_lab(name: str | None = None, out_dir: Path | None = None) -> Path:
-    """Run the lab end to end; return the report's path."""
+    """Run the lab end to end; return the report's path. Graphs that are still valid
+    from an earlier run are reused (the log says which)."""
+    from . import artifacts, charts, decode_bench
+
     out_dir = Path(out_dir) if out_dir else artifact_path("report", "x").parent
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -56,15 +89,29 @@ def run_lab(name: str | None = None, out_dir: Path | None = None) -> Path:
           f"Q: {check['prompt']}\nA: {check['reply']}\n"
           f"({check['new_tokens']} tokens at {check['tok_s']} tok/s, PyTorch eager)", flush=True)
 
-    print("\n== 02 export to ONNX ==", flush=True)
+    print("\n== 02 export to ONNX (without and with a KV cache) ==", flush=True)
     started = time.perf_counter()
-    onnx_path = export_onnx(loaded.model, onnx_dir(loaded.name))
+    onnx_path = artifacts.ensure(loaded, "fp32")
+    kv_path = artifacts.ensure(loaded, "kv-fp32")
     export_s = time.perf_counter() - started
     match = parity.check_parity(loaded.model, runtime.session(onnx_path), loaded.tokenizer)
-    exported = {"path": str(onnx_path), "export_s": round(export_s, 1), "bytes": onnx_graph.file_bytes(onnx_path),
+    exported = {"path": str(onnx_path), "kv_path": str(kv_path), "export_s": round(export_s, 1),
+                "bytes": onnx_graph.file_bytes(onnx_path),
                 "max_abs_logit_diff": match.max_abs_logit_diff, "greedy_match": match.greedy_match}
     graph_summary = onnx_graph.describe(onnx_path)
-    print(f"{graph_summary}\nexported in {exported['export_s']} s; {match.summary()}", flush=True)
+    print(f"{graph_summary}\nready in {exported['export_s']} s; {match.summary()}", flush=True)
+
+    print("\n== 03 INT8 static quantization ==", flush=True)
+    for variant in ("int8", "kv-int8"):
+        artifacts.ensure(loaded, variant)
+
+    print("\n== 04 chat with each graph ==", flush=True)
+    transcripts = chat_samples(loaded)
+
+    print("\n== 05 benchmark ==", flush=True)
+    bench = decode_bench.run(loaded)
+    bench.to_csv(out_dir / "bench.csv", index=False)
+    charts.deployment_summary(bench).savefig(out_dir / "bench.png", dpi=120)
 
     report_md = out_dir / "report.md"
     report_md.write_text(
@@ -74,9 +121,13 @@ def run_lab(name: str | None = None, out_dir: Path | None = None) -> Path:
         + f"- Q: {check['prompt']}\n- A: {check['reply']}\n"
         + f"- {check['new_tokens']} new tokens at {check['tok_s']} tok/s (PyTorch eager, greedy)\n"
         + "\n## 02 Export to ONNX\n\n```\n" + graph_summary + "\n```\n\n"
-        + f"- exported in {exported['export_s']} s to `{onnx_path}`\n- parity: {match.summary()}\n")
+        + f"- `{onnx_path}` (no cache) and `{kv_path}` (KV cache, runs in onnxruntime-genai)\n"
+        + f"- parity: {match.summary()}\n"
+        + "\n## 04 Chat\n\n" + "\n".join(f"### {label}\n\n{text}" for label, text in transcripts.items())
+        + "\n## 05 What each step bought\n\n![compression and tokens/s](bench.png)\n\n"
+        + markdown_table(bench) + "\n")
     (out_dir / "model_check.json").write_text(json.dumps(check, indent=1))
     (out_dir / "export.json").write_text(json.dumps(exported, indent=1))
-    print(f"\nWrote {report_md}\n      {out_dir / 'env.json'}\n      {out_dir / 'model_check.json'}\n"
-          f"      {out_dir / 'export.json'}")
+    print(f"\nWrote {report_md}\n      {out_dir / 'bench.png'}\n      {out_dir / 'bench.csv'}\n"
+          f"      {out_dir / 'env.json'}\n      {out_dir / 'model_check.json'}\n      {out_dir / 'export.json'}")
     return report_md

@@ -26,10 +26,22 @@ import onnx
 from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quantize_dynamic,
                                       quantize_static)
 from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
-from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 from tqdm.auto import tqdm
 
 from . import onnx_weights, smoothquant
+
+
+def _import_nbits_quantizer():
+    """ONNX Runtime's 4-bit quantizer module calls logging.basicConfig(level=INFO) on
+    import, which would send every library's INFO logs to stderr (the exporter's
+    thousands of lines) for the rest of the session. Import it with the root logger
+    restored afterwards."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    from onnxruntime.quantization import matmul_nbits_quantizer
+
+    root.handlers[:], root.level = handlers, level
+    return matmul_nbits_quantizer
 from .calibration import channel_ranges, validate_reader
 from .onnx_graph import file_bytes, graph_io, load_graph
 from .paths import MODEL_FILE, check_writable, staged_dir
@@ -302,10 +314,11 @@ def quantize_int4_weight_only(fp32_path: str | Path, out_dir: str | Path, block_
         onnx_weights.save(graph, fp32_path.parent, work / "float" / MODEL_FILE, added=added)
         del added
         model = onnx.load(str(work / "float" / MODEL_FILE))
-        config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, accuracy_level=4,
+        nbits = _import_nbits_quantizer()
+        config = nbits.DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, accuracy_level=4,
                                               op_types_to_quantize=("MatMul", "Gather"),
                                               quant_axes=(("MatMul", 0), ("Gather", 1)))
-        quantizer = MatMulNBitsQuantizer(model, algo_config=config)
+        quantizer = nbits.MatMulNBitsQuantizer(model, algo_config=config)
         with _quiet_ort_quantizer(), np.errstate(invalid="ignore", divide="ignore"):  # all-zero blocks
             quantizer.process()
         del model
@@ -337,19 +350,3 @@ def lab_recipe(model, reader, share: float = 0.9, scan_feeds: int | None = None)
                    if re.search(r"self_attn\.o_proj$", name))
     return Recipe(weight_only=down + o_proj)
 
-
-def cached_int8(loaded, fp32_path: str | Path) -> Path:
-    """Notebook 03's INT8 graph if a readable one is in place, else the lab's recipe
-    now (a few minutes on the default model), so later notebooks never depend on
-    a student's unfinished notebook 03."""
-    from .calibration import PromptReader
-    from .onnx_graph import BrokenOnnxFile
-    from .paths import onnx_dir
-
-    out_dir = onnx_dir(loaded.name, "int8")
-    try:
-        load_graph(out_dir / MODEL_FILE)
-        return out_dir / MODEL_FILE
-    except BrokenOnnxFile:
-        reader = PromptReader(loaded.tokenizer)
-        return quantize_int8_static(fp32_path, out_dir, reader, lab_recipe(loaded.model, reader))

@@ -76,3 +76,13 @@ def test_faster_compares_side_by_side():
     assert checks.faster(lambda: None, lambda: time.sleep(0.02)) > 1
     with pytest.raises(AssertionError, match="cached loop took"):
         checks.faster(lambda: time.sleep(0.02), lambda: None)
+
+
+def test_the_lab_chats_with_every_graph(bench, tiny):
+    from labkit import lab
+
+    transcripts = lab.chat_samples(tiny, messages=("Hi",), max_new_tokens=4)
+    assert list(transcripts) == list(lab.GRAPHS)
+    for text in transcripts.values():
+        assert "**You**: Hi" in text and "tokens/s" in text and "notice" not in text
+    assert lab.markdown_table(bench.head(2)).count("\n") == 3

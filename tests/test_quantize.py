@@ -96,8 +96,13 @@ def test_channel_ranges_match_pytorch(tiny, tiny_onnx):
 
 
 def test_dynamic_and_int4_comparisons(tmp_path, tiny_onnx, ids):
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
     dynamic = quantize.quantize_int8_dynamic(tiny_onnx, tmp_path / "dynamic")
     int4 = quantize.quantize_int4_weight_only(tiny_onnx, tmp_path / "int4")
+    assert (root.handlers, root.level) == (handlers, level)  # ORT's basicConfig(INFO) did not stick
     assert onnx_graph.op_histogram(dynamic)["DynamicQuantizeLinear"] > 0
     assert onnx_graph.op_histogram(int4)["MatMulNBits"] > 0
     assert onnx_graph.op_histogram(int4)["GatherBlockQuantized"] == 1
