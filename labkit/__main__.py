@@ -62,37 +62,28 @@ def _lab(args) -> int:
     return 0
 
 
-def _bench_export(args) -> int:
-    from .benchmarks import bench_export
+def _benchmark(function: str):
+    """The `bench*` commands: one benchmark function of benchmarks.py each."""
+    def run(args) -> int:
+        from . import benchmarks
 
-    bench_export(args.model, args.json)
-    return 0
-
-
-def _bench_quant(args) -> int:
-    from .benchmarks import bench_quant
-
-    bench_quant(args.model, args.json)
-    return 0
+        getattr(benchmarks, function)(args.model, args.json)
+        return 0
+    return run
 
 
 def _chat(args) -> int:
-    from . import chat, models, paths
-    from .generate import Sampling
+    from . import artifacts, chat, models, paths
+    from .generate import KVCache, NoCache, Sampling
 
     name = models.resolve_name(args.model)
-    graph = Path(args.graph) if args.graph not in ("fp32", "int8") else paths.onnx_dir(name, args.graph) / paths.MODEL_FILE
+    named = args.graph in artifacts.SOURCES
+    graph = paths.onnx_dir(name, args.graph) / paths.MODEL_FILE if named else Path(args.graph)
+    cached = args.graph.startswith("kv-") if named else args.cache
     conversation = chat.Chat(graph, models.load_tokenizer(name), label=f"{name} ({args.graph})",
                              max_new_tokens=args.max_tokens, sampling=Sampling(temperature=args.temperature, seed=None),
-                             enable_thinking=args.think)
+                             enable_thinking=args.think, loop=KVCache if cached else NoCache)
     chat.run_terminal(conversation)
-    return 0
-
-
-def _bench(args) -> int:
-    from .benchmarks import bench_decode
-
-    bench_decode(args.model, args.json)
     return 0
 
 
@@ -135,23 +126,25 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("bench-export", help="export a model without cache; print time, memory, size")
     p.add_argument("--model", help="registry name (default: $LABKIT_MODEL or smollm2-135m)")
     p.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
-    p.set_defaults(run=_bench_export)
+    p.set_defaults(run=_benchmark("bench_export"))
     p = sub.add_parser("bench-quant", help="INT8 static quantization with the lab's recipe; print size, "
                        "quality and speed")
     p.add_argument("--model", help="registry name (default: the session's model)")
     p.add_argument("--json", help="also write the figures to this JSON file")
-    p.set_defaults(run=_bench_quant)
+    p.set_defaults(run=_benchmark("bench_quant"))
     p = sub.add_parser("bench", help="engines x prompt lengths: size, speed, memory, quality; CSV, PNG, JSON")
     p.add_argument("--model", help="registry name (default: the session's model)")
     p.add_argument("--json", help="also write the rows to this JSON file")
-    p.set_defaults(run=_bench)
+    p.set_defaults(run=_benchmark("bench_decode"))
     p = sub.add_parser("export-kv", help="export the KV-cache graph with genai_config.json and tokenizer files")
     p.add_argument("--model", help="registry name (default: the session's model)")
     p.add_argument("--out", required=True, help="folder to write")
     p.set_defaults(run=_export_kv)
     p = sub.add_parser("chat", help="chat with an exported graph in the terminal")
     p.add_argument("--model", help="registry name (default: the session's model)")
-    p.add_argument("--graph", default="int8", help="fp32, int8 (notebooks 02 and 03 write them) or a path to a .onnx")
+    p.add_argument("--graph", default="kv-int8", help="fp32, int8, kv-fp32, kv-int8 (the notebooks write them) "
+                   "or a path to a .onnx")
+    p.add_argument("--cache", action="store_true", help="the path given is a KV-cache graph")
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
     p.add_argument("--max-tokens", type=int, default=256)
     p.add_argument("--think", action="store_true", help="Qwen3: let the model reason first (never shown)")

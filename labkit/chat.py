@@ -136,7 +136,7 @@ class Chat:
 def run_terminal(chat: Chat, read=input, write=print) -> None:
     """The chat in a terminal: Ctrl-C stops a reply, /clear, /save [path], /quit."""
     write(f"Chat with {chat.label}. Ctrl-C stops a reply; /clear, /save [file], /quit.")
-    shown = len(chat.transcript)
+    shown = 0
     while True:
         for turn in chat.transcript[shown:]:  # notices from loading or from the last message
             if turn.role == "notice":
@@ -156,6 +156,9 @@ def run_terminal(chat: Chat, read=input, write=print) -> None:
             continue
         if command == "/save":
             write(f"saved to {chat.save(argument or 'chat_transcript.md')}")
+            continue
+        if not message.strip():
+            chat.send(message)  # a notice says what to do
             continue
         write(f"{chat.label}> ", end="", flush=True)
         worker = threading.Thread(target=chat.send, args=(message,),

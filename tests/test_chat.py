@@ -68,6 +68,9 @@ def test_bad_messages_become_notices_and_the_chat_goes_on(chat):
 def test_a_missing_model_and_a_kv_graph_become_notices(tmp_path, tiny, tiny_onnx):
     chat = Chat(tmp_path / "nowhere" / "model.onnx", tiny.tokenizer)
     assert "no ONNX model at" in chat.transcript[-1].text
+    out = []
+    chat_module.run_terminal(chat, read=lambda prompt: "/quit", write=lambda *args, **kwargs: out.append(args[0]))
+    assert any("no ONNX model at" in line for line in out)  # shown before the first prompt
     assert chat.send("Hi") is None and "no model loaded" in chat.transcript[-1].text
 
     class KVSession:
@@ -160,7 +163,7 @@ def test_the_terminal_chat(chat, tmp_path):
     chat_module.run_terminal(chat, read=lambda prompt: next(lines),
                              write=lambda *args, **kwargs: out.append(" ".join(map(str, args))))
     printed = "".join(out)
-    assert "[type a message first]" in printed
+    assert "[type a message first]" in printed and "tiny> [" not in printed
     assert chat.transcript[-1].text in printed
     assert "tokens/s" in printed
     assert (tmp_path / "term.md").read_text(encoding="utf-8").count("Hello terminal") == 1
