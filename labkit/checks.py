@@ -207,3 +207,10 @@ def summary_frame(summary, bench) -> None:
     assert np.allclose(summary["compression"].to_numpy(float), 1 / bench["ratio"].to_numpy(float), rtol=1e-3), (
         "compression is FP32 bytes divided by the row's bytes (1 / bench['ratio'])")
     assert np.allclose(summary["tok_s"].to_numpy(float), bench["tok_s"].to_numpy(float)), "tok_s must be bench's"
+
+
+def cache_names(names, path: str | Path) -> None:
+    """The student's list of cache input names against the graph's, in order."""
+    graph = [v["name"] for v in onnx_graph.graph_io(path)["inputs"] if v["name"].startswith("past_key_values.")]
+    assert list(names) == graph, (f"your names start {list(names)[:3]}, the graph's {graph[:3]} "
+                                  f"({len(graph)} in all: a key and a value per layer, layer by layer)")

@@ -86,3 +86,8 @@ def test_the_lab_chats_with_every_graph(bench, tiny):
     for text in transcripts.values():
         assert "**You**: Hi" in text and "tokens/s" in text and "notice" not in text
     assert lab.markdown_table(bench.head(2)).count("\n") == 3
+
+
+def test_io_binding_gain_measures_both_ways(bench, tiny):
+    gain = decode_bench.io_binding_gain(artifacts.path(tiny, "kv-int8"), tiny.tokenizer, prompt_len=16)
+    assert set(gain) == {"numpy_feeds_tok_s", "io_binding_tok_s"} and min(gain.values()) > 0

@@ -17,6 +17,9 @@ def kv_session(tiny_kv):
 def test_graph_inputs_and_outputs(tiny_kv, tiny):
     layers = tiny.model.config.num_hidden_layers
     checks.kv_graph(tiny_kv, layers)
+    checks.cache_names(export_kv.input_names(layers)[3:], tiny_kv)
+    with pytest.raises(AssertionError, match="a key and a value per layer"):
+        checks.cache_names([f"past_key_values.{i}.key" for i in range(layers)], tiny_kv)
     io = runtime.session(tiny_kv)
     assert [i.name for i in io.get_inputs()] == export_kv.input_names(layers)
     assert [o.name for o in io.get_outputs()] == export_kv.output_names(layers)
