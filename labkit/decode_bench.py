@@ -147,6 +147,7 @@ def _genai_runner(folder: Path):
 def genai_builder_models(loaded, log=print) -> dict[str, Path]:
     """onnxruntime-genai's model builder output for the same model (FP32, INT4), if
     the package is installed; {} with a message otherwise."""
+    import os
     import subprocess
     import sys
 
@@ -167,8 +168,8 @@ def genai_builder_models(loaded, log=print) -> dict[str, Path]:
             command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-m", "HuggingFaceTB/SmolLM2-135M-Instruct",
                        "-i", str(default_model_folder()), "-o", str(out), "-p", precision, "-e", "cpu",
                        "-c", str(out.parent / "genai-cache")]
-            done = subprocess.run(command, capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1",
-                                                                                  **__import__("os").environ})
+            # -i gives the weights; offline keeps the builder from asking the hub for the config
+            done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
             if done.returncode != 0:
                 log(f"peer onnxruntime-genai builder {precision} failed; skipped:\n{done.stderr[-1500:]}")
                 continue
