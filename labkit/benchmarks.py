@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from . import models, onnx_graph, parity, runtime
-from .export import cached_export, export_onnx
+from .export import export_onnx
 from .paths import onnx_dir
 
 
@@ -48,10 +48,10 @@ def bench_quant(name: str | None = None, json_path: str | Path | None = None) ->
     peak RSS, sizes, held-out perplexity, greedy agreement and no-cache tokens/s."""
     import gc
 
-    from . import calibration, quality, quantize
+    from . import artifacts, calibration, quality, quantize
 
     loaded = models.load(name)
-    fp32 = cached_export(loaded.model, onnx_dir(loaded.name))
+    fp32 = artifacts.ensure(loaded, "fp32")
     reader = calibration.PromptReader(loaded.tokenizer)
     started = time.perf_counter()
     big = loaded.params > 1e9  # keeps the 1.7B scan within minutes

@@ -136,8 +136,9 @@ class KVCacheReader(CalibrationDataReader):
         self.prompt_feeds = [PromptReader._feed(tokenizer, p, max_tokens) for p in self.prompts]
         config = model.config
         self.layers = config.num_hidden_layers
-        self.kv_heads = config.num_key_value_heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        from .export_kv import cache_shape
+
+        _, self.kv_heads, _, self.head_dim = cache_shape(config, 1, 0)
         self.rewind()
 
     def _feeds(self):

@@ -183,16 +183,6 @@ def export_onnx(model: torch.nn.Module, out_dir: str | Path, *, wrapper: torch.n
     return out_dir / MODEL_FILE
 
 
-def cached_export(model: torch.nn.Module, out_dir: str | Path) -> Path:
-    """`out_dir/model.onnx` if a readable export is there (notebook 02 made it), else export now."""
-    path = Path(out_dir) / MODEL_FILE
-    try:
-        load_graph(path)
-        return path
-    except BrokenOnnxFile:
-        return export_onnx(model, out_dir)
-
-
 def tied_embedding_copies(path: str | Path) -> int:
     """How many initializers have the embedding's shape: 1 when the tie survived export."""
     graph = load_graph(path).graph
