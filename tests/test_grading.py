@@ -39,12 +39,12 @@ def test_every_submission_grades_without_crashing(graded):
 
 def test_scores_in_the_gradebook(graded):
     root, _ = graded
-    points = {k: v for nb in NOTEBOOKS for k, v in graded_points(SOURCE / nb).items()}
-    total = sum(points.values())
+    points = {nb: graded_points(SOURCE / nb) for nb in NOTEBOOKS}
+    total = sum(sum(p.values()) for p in points.values())
     scores = course.submission_scores(root)
     assert scores["solver"] == (total, total)
     assert scores["blank"] == (0, total)
-    assert scores["one_wrong"] == (total - points["test-weight-bytes"], total)
+    assert scores["one_wrong"] == (total - points["01_env.ipynb"]["test-weight-bytes"], total)
 
 
 def test_regrading_gives_the_same_score(graded):

@@ -3,7 +3,7 @@ import pytest
 
 from conftest import REPO
 from labkit import course
-from nbgrader_course import solution_lines
+from nbgrader_course import graded_points, solution_lines
 
 SOURCE = REPO / "source" / course.ASSIGNMENT
 
@@ -24,6 +24,12 @@ def test_release_has_the_notebooks_in_order(built):
     names = sorted(p.name for p in SOURCE.glob("*.ipynb"))
     assert names and names == sorted(p.name for p in built.glob("*.ipynb"))
     assert names[0] == "01_env.ipynb"
+
+
+def test_graded_cells_have_ids_unique_across_the_assignment():
+    # Grade reports and the grading summary name a check by its id alone.
+    ids = [i for nb in sorted(SOURCE.glob("*.ipynb")) for i in graded_points(nb)]
+    assert ids and sorted(set(ids)) == sorted(ids)
 
 
 @pytest.mark.parametrize("notebook", sorted(SOURCE.glob("*.ipynb")), ids=lambda p: p.name)
