@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,grading]'
 	$(PY) -m labkit install-model
 	touch $(STAMP)
 
@@ -25,7 +25,7 @@ test: $(STAMP)
 # Notebook 04's chat box in JupyterLab in headless Chromium (Debian's package:
 # apt-get install chromium). Not part of `make test`: it runs the notebook for real.
 browser-test: $(STAMP)
-	$(PY) -m pip install --quiet -e '.[test,browser]'
+	$(PY) -m pip install --quiet -e '.[test,grading,browser]'
 	$(PY) -m pytest -m browser tests/browser -s
 
 release: $(STAMP)

@@ -8,3 +8,26 @@ c.CourseDirectory.course_id = "llm-deploy"
 c.Execute.timeout = 1200
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
 c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
+
+# `nbgrader zip_collect llm_lab`: an LMS download of one zip (or folder) per student, named
+# after the student, in downloaded/llm_lab/archive/. For Canvas's flat files
+# (login_userid_submissionid_01_env.ipynb) use instead:
+#   r".*/(?P<student_id>[^/_]+)_\d+_\d+_(?P<file_id>[^/]+\.ipynb)$"
+c.FileNameCollectorPlugin.named_regexp = r".*/(?P<student_id>[^/]+)/(?P<file_id>[^/]+\.ipynb)$"
+
+# A graded cell that a student deleted comes back from the gradebook instead of scoring 0.
+c.OverwriteCells.add_missing_cells = True
+
+# Scores come from the checks, not from stderr noise; feedback never shows hidden tests.
+# (labkit/nbgrader_plugins.py says why.)
+from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPreprocessor  # noqa: E402
+from nbgrader.preprocessors import (  # noqa: E402
+    AssignLatePenalties, CheckCellMetadata, Execute, GetGrades, IgnorePattern, LimitOutput,
+    SaveAutoGrades)
+
+from labkit.nbgrader_plugins import HideHiddenTests, StderrIsNotAFailure  # noqa: E402
+
+c.Autograde.autograde_preprocessors = [
+    Execute, StderrIsNotAFailure, IgnorePattern, ClearMetadataPreprocessor, LimitOutput,
+    SaveAutoGrades, AssignLatePenalties, CheckCellMetadata]
+c.GenerateFeedback.preprocessors = [GetGrades, HideHiddenTests, CSSHTMLHeaderPreprocessor]

@@ -104,6 +104,22 @@ def _release(args) -> int:
     return 0
 
 
+def _grade(args) -> int:
+    import pandas as pd
+
+    from .grading import Limits, grade_class
+
+    limits = Limits(args.timeout, args.cell_timeout, args.memory_gb)
+    csv = Path(args.csv) if args.csv else Path(args.course) / "grading_summary.csv"
+    table = grade_class(Path(args.course), args.assignment, args.student or None, args.workers,
+                        args.scheduler, limits, csv)
+    with pd.option_context("display.max_colwidth", 100, "display.width", 200):
+        print(table.to_string(index=False))
+    print(f"\nWrote {csv}; scores are in {Path(args.course) / 'gradebook.db'} "
+          "(`nbgrader export` for grades.csv, `nbgrader generate_feedback` for feedback)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m labkit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -149,6 +165,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tokens", type=int, default=256)
     p.add_argument("--think", action="store_true", help="Qwen3: let the model reason first (never shown)")
     p.set_defaults(run=_chat)
+    p = sub.add_parser("grade", help="autograde every submission in parallel (Dask) into the course gradebook")
+    p.add_argument("--course", default=".", help="course folder with nbgrader_config.py (default: .)")
+    p.add_argument("--assignment", default="llm_lab")
+    p.add_argument("--student", action="append", help="grade only this student (repeatable)")
+    p.add_argument("--workers", type=int, default=2, help="local worker processes (default 2)")
+    p.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://host:8786) to use "
+                   "instead of local workers")
+    p.add_argument("--timeout", type=float, default=3600, help="seconds per submission (default 3600)")
+    p.add_argument("--cell-timeout", type=int, default=1200, help="seconds per cell (default 1200)")
+    p.add_argument("--memory-gb", type=float, default=16, help="address space per submission (default 16)")
+    p.add_argument("--csv", help="summary CSV (default: <course>/grading_summary.csv)")
+    p.set_defaults(run=_grade)
     p = sub.add_parser("release", help="regenerate release/ and notebooks/ from source/")
     p.set_defaults(run=_release)
     args = parser.parse_args(argv)
@@ -159,10 +187,11 @@ def main(argv: list[str] | None = None) -> int:
         from .export import ExportError
         from .hub import IncompleteModelFolder
         from .models import ModelUnavailable
+        from .grading import GradingSetupError
         from .onnx_graph import BrokenOnnxFile
 
         friendly = (ModelUnavailable, BundledModelMissing, IncompleteModelFolder, ConnectionError,
-                    ExportError, BrokenOnnxFile)
+                    ExportError, BrokenOnnxFile, GradingSetupError)
         if isinstance(exc, friendly):
             print(f"error: {exc}", file=sys.stderr)
             return 1

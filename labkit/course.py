@@ -20,12 +20,17 @@ ASSIGNMENT = "llm_lab"
 REPO = Path(__file__).resolve().parent.parent
 
 
-def make_course(root: Path, repo: Path = REPO) -> Path:
-    """A course directory at `root` with our config and source/, ready for nbgrader."""
+def make_course(root: Path, repo: Path = REPO, notebooks: list[str] | None = None) -> Path:
+    """A course directory at `root` with our config and source/, ready for nbgrader;
+    `notebooks` keeps only those notebooks of the assignment."""
     root.mkdir(parents=True, exist_ok=True)
     shutil.copy(repo / "nbgrader_config.py", root / "nbgrader_config.py")
     shutil.copytree(repo / "source", root / "source", dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
+    if notebooks is not None:
+        for nb in (root / "source" / ASSIGNMENT).glob("*.ipynb"):
+            if nb.name not in notebooks:
+                nb.unlink()
     return root
 
 

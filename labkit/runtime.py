@@ -11,8 +11,9 @@ from .onnx_graph import BrokenOnnxFile, load_graph
 
 
 def default_threads() -> int:
-    """The cores this process may use (a container or taskset may allow fewer than the machine has)."""
-    return len(os.sched_getaffinity(0))
+    """$LABKIT_THREADS (set by the parallel grader), else the cores this process may use
+    (a container or taskset may allow fewer than the machine has)."""
+    return int(os.environ.get("LABKIT_THREADS") or 0) or len(os.sched_getaffinity(0))
 
 
 def _options(threads: int | None) -> ort.SessionOptions:

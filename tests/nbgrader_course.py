@@ -49,3 +49,26 @@ def solution_lines(source_nb: Path) -> list[str]:
     public = {line.strip() for line in region.sub("", text).splitlines()}
     return [line.strip() for r in region.findall(text) for line in r.splitlines()
             if len(line.strip()) > 12 and line.strip() not in public]
+
+
+def edit_cell(path: Path, grade_id: str, *, source: str | None = None, cell_type: str | None = None,
+              delete: bool = False) -> None:
+    """Change one cell of a submitted notebook the way a student might."""
+    nb = nbformat.read(path, as_version=4)
+    index = next(i for i, c in enumerate(nb.cells) if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id)
+    if delete:
+        del nb.cells[index]
+    else:
+        cell = nb.cells[index]
+        if source is not None:
+            cell.source = source
+        if cell_type == "markdown":
+            nb.cells[index] = nbformat.v4.new_markdown_cell(cell.source, id=cell.id, metadata=cell.metadata)
+    nbformat.write(nb, path)
+
+
+def hidden_test_lines(source_nb: Path) -> list[str]:
+    """The lines of a source notebook's hidden tests (longer than 12 characters)."""
+    text = "\n".join(c.source for c in nbformat.read(source_nb, as_version=4).cells)
+    region = re.compile(r"### BEGIN HIDDEN TESTS\n(.*?)### END HIDDEN TESTS", re.S)
+    return [line.strip() for r in region.findall(text) for line in r.splitlines() if len(line.strip()) > 12]
