@@ -120,6 +120,13 @@ def _grade(args) -> int:
     return 0
 
 
+def _bench_grade(args) -> int:
+    from .benchmarks import bench_grade
+
+    bench_grade(args.submissions, tuple(args.workers), args.notebook, args.json)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m labkit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -177,6 +184,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--memory-gb", type=float, default=16, help="address space per submission (default 16)")
     p.add_argument("--csv", help="summary CSV (default: <course>/grading_summary.csv)")
     p.set_defaults(run=_grade)
+    p = sub.add_parser("bench-grade", help="grading throughput: reference submissions per hour for "
+                       "each worker count")
+    p.add_argument("--submissions", type=int, default=6)
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--notebook", action="append", help="grade only this notebook (repeatable; "
+                   "default: the whole assignment)")
+    p.add_argument("--json", help="also write the rows to this JSON file")
+    p.set_defaults(run=_bench_grade)
     p = sub.add_parser("release", help="regenerate release/ and notebooks/ from source/")
     p.set_defaults(run=_release)
     args = parser.parse_args(argv)

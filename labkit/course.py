@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import filecmp
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+import nbformat
+
 ASSIGNMENT = "llm_lab"
+SOLUTION = re.compile(r"^[ \t]*### BEGIN SOLUTION[ \t]*\n(.*?)^[ \t]*### END SOLUTION[ \t]*\n?",
+                      re.S | re.M)
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -109,3 +114,30 @@ def submission_scores(root: Path, assignment: str = ASSIGNMENT) -> dict[str, tup
 
     with Gradebook(f"sqlite:///{Path(root) / 'gradebook.db'}") as gb:
         return {s.student_id: (s.score, s.max_score) for s in gb.assignment_submissions(assignment)}
+
+
+# Submissions written from the source: the reference solution (benchmarks, tests) and
+# variants of it.
+
+def solution_code(source_cell_text: str) -> str:
+    """The text of a source solution cell as a student who solved it would hand it in."""
+    return SOLUTION.sub(lambda m: m.group(1), source_cell_text)
+
+
+def write_submission(release_nb: Path, source_nb: Path, out: Path, answers: str = "solution",
+                     overrides: dict[str, str] | None = None) -> Path:
+    """answers="solution" fills every solution cell from source; "blank" leaves the stubs.
+    `overrides` maps a grade_id to the code a student wrote instead."""
+    release = nbformat.read(release_nb, as_version=4)
+    source = {c.get("id"): c for c in nbformat.read(source_nb, as_version=4).cells}
+    for cell in release.cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if not meta.get("solution"):
+            continue
+        if overrides and meta["grade_id"] in overrides:
+            cell.source = overrides[meta["grade_id"]]
+        elif answers == "solution":
+            cell.source = solution_code(source[cell.id].source)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(release, out)
+    return out

@@ -1,5 +1,4 @@
-"""Building nbgrader submissions for tests: a student's notebook from the release
-with chosen answers written into its solution cells."""
+"""Reading nbgrader source notebooks and editing submissions the way students do, for tests."""
 from __future__ import annotations
 
 import re
@@ -7,38 +6,10 @@ from pathlib import Path
 
 import nbformat
 
-SOLUTION = re.compile(r"^[ \t]*### BEGIN SOLUTION[ \t]*\n(.*?)^[ \t]*### END SOLUTION[ \t]*\n?",
-                      re.S | re.M)
-
-
-def solution_code(source_cell_text: str) -> str:
-    """The text of a source solution cell as a student who solved it would hand it in."""
-    return SOLUTION.sub(lambda m: m.group(1), source_cell_text)
-
-
 def graded_points(source_nb: Path) -> dict[str, float]:
     nb = nbformat.read(source_nb, as_version=4)
     return {c.metadata.nbgrader["grade_id"]: float(c.metadata.nbgrader["points"])
             for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")}
-
-
-def write_submission(release_nb: Path, source_nb: Path, out: Path, answers: str = "solution",
-                     overrides: dict[str, str] | None = None) -> Path:
-    """answers="solution" fills every solution cell from source; "blank" leaves the stubs.
-    `overrides` maps a grade_id to the code a student wrote instead."""
-    release = nbformat.read(release_nb, as_version=4)
-    source = {c.get("id"): c for c in nbformat.read(source_nb, as_version=4).cells}
-    for cell in release.cells:
-        meta = cell.metadata.get("nbgrader", {})
-        if not meta.get("solution"):
-            continue
-        if overrides and meta["grade_id"] in overrides:
-            cell.source = overrides[meta["grade_id"]]
-        elif answers == "solution":
-            cell.source = solution_code(source[cell.id].source)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(release, out)
-    return out
 
 
 def solution_lines(source_nb: Path) -> list[str]:

@@ -53,6 +53,20 @@ def test_the_chart_and_its_summary(bench):
     assert [len(ax.patches) for ax in figure.axes] == [len(bench)] * 2
 
 
+def test_a_saved_bench_is_reused_only_when_asked(bench, tiny, monkeypatch):
+    def measure(*args):
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(decode_bench, "_measure", measure)
+    log = []
+    again = decode_bench.run(tiny, lengths=(16,), peers=False, log=log.append, reuse=True)
+    assert again[sorted(CONTRACT)].equals(bench[sorted(CONTRACT)]) and "reusing" in log[0]
+    with pytest.raises(AssertionError, match="measured again"):
+        decode_bench.run(tiny, lengths=(16,), peers=False, log=log.append)
+    with pytest.raises(AssertionError, match="measured again"):  # other lengths: nothing saved
+        decode_bench.run(tiny, lengths=(8,), peers=False, log=log.append, reuse=True)
+
+
 def test_artifacts_are_reused_until_their_source_changes(bench, tiny):
     log = []
     artifacts.ensure(tiny, "kv-int4", log.append)

@@ -4,7 +4,7 @@ import pytest
 
 from conftest import REPO
 from labkit import course
-from nbgrader_course import graded_points, write_submission
+from nbgrader_course import graded_points
 
 pytestmark = pytest.mark.slow
 SOURCE = REPO / "source" / course.ASSIGNMENT
@@ -27,7 +27,7 @@ def graded(tmp_path_factory):
     for student, how in submissions.items():
         for notebook in NOTEBOOKS:
             out = root / "submitted" / student / course.ASSIGNMENT / notebook
-            write_submission(release / notebook, SOURCE / notebook, out, **how)
+            course.write_submission(release / notebook, SOURCE / notebook, out, **how)
         results[student] = api.autograde(course.ASSIGNMENT, student)
     return root, results
 

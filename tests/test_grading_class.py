@@ -9,7 +9,7 @@ import pytest
 from nbgrader.api import Gradebook
 
 from labkit import course, grading
-from nbgrader_course import edit_cell, hidden_test_lines, write_submission
+from nbgrader_course import edit_cell, hidden_test_lines
 
 pytestmark = pytest.mark.slow
 NB = "01_env.ipynb"
@@ -91,7 +91,7 @@ CASES = {
 def _submit(root, student, answers, edits):
     release, source = root / "release" / course.ASSIGNMENT, root / "source" / course.ASSIGNMENT
     folder = root / "submitted" / student / course.ASSIGNMENT
-    out = write_submission(release / NB, source / NB, folder / NB, overrides=answers)
+    out = course.write_submission(release / NB, source / NB, folder / NB, overrides=answers)
     for grade_id, how in edits:
         if grade_id == "rename":
             out.rename(folder / "01_env-Copy1.ipynb")
@@ -209,3 +209,11 @@ def test_zip_collect_files_an_lms_download_under_each_student(tmp_path):
     collected = root / "submitted" / "alice" / course.ASSIGNMENT / NB
     assert collected.read_bytes() == release.read_bytes()
     assert [j.student for j in grading.make_jobs(root)] == ["alice"]
+
+
+def test_bench_grade_grades_reference_copies_with_full_marks(tmp_path):
+    from labkit.benchmarks import bench_grade
+
+    rows = bench_grade(submissions=2, workers=(2,), notebooks=[NB], json_path=tmp_path / "b.json")
+    assert [(r["workers"], r["submissions"], r["all_full_marks"]) for r in rows] == [(2, 2, True)]
+    assert rows[0]["per_hour"] == pytest.approx(2 * 3600 / rows[0]["wall_s"], rel=0.01)

@@ -22,6 +22,14 @@ def test_grading_forces_the_default(monkeypatch):
     assert models.resolve_name("qwen3-1.7b-random") == models.DEFAULT_MODEL
 
 
+def test_demonstrations_are_skipped_only_under_autograde(monkeypatch, capsys):
+    monkeypatch.delenv("NBGRADER_EXECUTION", raising=False)
+    assert labkit.demonstration("the table") and capsys.readouterr().out == ""
+    monkeypatch.setenv("NBGRADER_EXECUTION", "autograde")
+    assert not labkit.demonstration("the table")
+    assert capsys.readouterr().out.startswith("(the table: not run under nbgrader autograde")
+
+
 def test_unknown_name_lists_the_registry():
     with pytest.raises(models.ModelUnavailable) as err:
         models.resolve_name("gpt-5")

@@ -112,7 +112,8 @@ def test_dynamic_and_int4_comparisons(tmp_path, tiny_onnx, ids):
         assert np.linalg.norm(logits(path, ids) - ref) / np.linalg.norm(ref) < tolerance
 
 
-def test_scan_finds_a_planted_outlier(tiny):
+def test_scan_finds_a_planted_outlier(tiny, monkeypatch, tmp_path):
+    monkeypatch.setenv("LABKIT_ARTIFACTS", str(tmp_path))
     model = copy.deepcopy(tiny.model)
     with torch.no_grad():  # the same function, but channel 5 of layer 1's down_proj input is 1000x larger
         model.model.layers[1].mlp.up_proj.weight[5] *= 1000
@@ -122,6 +123,16 @@ def test_scan_finds_a_planted_outlier(tiny):
     assert list(table["layer"]) == ["model.layers.1.mlp.down_proj", "model.layers.0.mlp.down_proj"]
     assert table["kl"][0] > 10 * table["kl"][1]
     assert sensitivity.most_sensitive(table, 0.9) == ("model.layers.1.mlp.down_proj",)
+
+    def no_rescan(*args):
+        raise AssertionError("the same weights and feeds were scanned again")
+
+    monkeypatch.setattr(sensitivity, "_scan", no_rescan)
+    assert sensitivity.scan(model, feeds, eval_feeds=2).equals(table)  # kept on disk
+    with pytest.raises(AssertionError, match="scanned again"):  # other weights: a new scan
+        sensitivity.scan(tiny.model, feeds, eval_feeds=2)
+    with pytest.raises(AssertionError, match="scanned again"):  # other feeds: a new scan
+        sensitivity.scan(model, feeds[:-1], eval_feeds=2)
 
 
 def test_kv_reader_records_decode_steps_from_the_float_model(tiny):
