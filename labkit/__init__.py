@@ -1,16 +1,16 @@
 """labkit: the code behind the on-device LLM deployment lab's notebooks."""
-from .models import grading, load, load_config, load_tokenizer, param_count, resolve_name
+from .models import grading as autograding, load, load_config, load_tokenizer, param_count, resolve_name
 from .paths import artifacts_dir
 from .quiet import notebook_setup
 
-__all__ = ["artifacts_dir", "demonstration", "grading", "load", "load_config", "load_tokenizer",
+__all__ = ["artifacts_dir", "autograding", "demonstration", "load", "load_config", "load_tokenizer",
            "notebook_setup", "param_count", "resolve_name"]
 
 
 def demonstration(what: str) -> bool:
     """Whether to run a cell that shows something but grades nothing: always, except under
     nbgrader autograde, where it would cost every submission its minutes."""
-    if grading():
+    if autograding():
         print(f"({what}: not run under nbgrader autograde, where it grades nothing)")
         return False
     return True
