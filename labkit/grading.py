@@ -151,7 +151,10 @@ def _run_limited(cmd: list[str], cwd: Path, env: dict, limits: Limits) -> tuple[
     while (code := proc.poll()) is None:
         peak = max(peak, _tree_rss(watched))
         if time.monotonic() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL)  # nbgrader and the kernel it started
+            # The kernel runs in a session of its own: kill the whole tree, then the group.
+            for child in watched.children(recursive=True):
+                child.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             break
         time.sleep(0.5)
@@ -172,11 +175,9 @@ def grade_submission(job: Job) -> Outcome:
         _forget_earlier_grades(root / "gradebook.db", job.assignment, job.student)
         _write_files(root / "source" / job.assignment, job.source)
         _write_files(root / "submitted" / job.student / job.assignment, job.submission)
-        env = dict(os.environ)
-        threads = job.limits.threads or max(1, os.cpu_count() or 1)
-        env.update(LABKIT_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
         course.venv_bin_on_path()
-        env["PATH"] = os.environ["PATH"]
+        threads = job.limits.threads or max(1, os.cpu_count() or 1)
+        env = dict(os.environ, LABKIT_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
         code, log, peak = _run_limited(
             [sys.executable, "-m", "nbgrader", "autograde", job.assignment, "--student", job.student,
              "--force"], root, env, job.limits)

@@ -164,6 +164,20 @@ def test_a_submission_over_its_time_limit_is_stopped_and_the_batch_goes_on(grade
     assert "stopped at the 60 s limit" in table.loc["loops", "problems"]
     assert course.submission_scores(root)["loops"] == (0, 7)
     assert table.loc["solver", "score"] == 7
+    assert _processes_in("labkit-grade-loops-") == []  # the looping kernel did not outlive its limit
+
+
+def _processes_in(folder_prefix: str) -> list:
+    import psutil
+
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if folder_prefix in p.cwd():
+                found.append(p)
+        except psutil.Error:
+            pass
+    return found
 
 
 def test_feedback_shows_messages_but_no_hidden_test(graded):
