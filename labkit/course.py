@@ -5,6 +5,10 @@
 instructor's own gradebook is never touched; `publish()` copies the result to
 `release/<assignment>/` and `notebooks/`, which must stay byte-identical to it
 (tests/test_release.py fails on drift).
+
+Also: scratch courses, nbgrader's API for a course, scores read back from its
+gradebook, and submissions written from the source (the reference solution and
+variants of it) for tests and `bench-grade`.
 """
 from __future__ import annotations
 
