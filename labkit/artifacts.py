@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from .onnx_graph import BrokenOnnxFile, load_graph
-from .paths import MODEL_FILE, onnx_dir
+from .paths import MODEL_FILE, building, onnx_dir
 
 SOURCES = {"fp32": None, "int8": "fp32", "kv-fp32": None, "kv-int8": "kv-fp32", "kv-int4": "kv-fp32"}
 
@@ -57,8 +57,9 @@ def _build(loaded, variant: str) -> Path:
 
 def ensure(loaded, variant: str, log: Callable[[str], None] = print) -> Path:
     """The graph `variant` of `loaded`'s model, built if missing or stale."""
-    if is_valid(loaded, variant):
-        log(f"{variant}: reusing {path(loaded, variant)}")
-        return path(loaded, variant)
-    log(f"{variant}: building {path(loaded, variant)}")
-    return _build(loaded, variant)
+    with building(path(loaded, variant).parent):
+        if is_valid(loaded, variant):
+            log(f"{variant}: reusing {path(loaded, variant)}")
+            return path(loaded, variant)
+        log(f"{variant}: building {path(loaded, variant)}")
+        return _build(loaded, variant)

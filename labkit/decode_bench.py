@@ -24,7 +24,7 @@ import psutil
 from . import artifacts, generate, quality, runtime
 from .parity import chat_ids
 from .onnx_graph import file_bytes
-from .paths import artifact_path
+from .paths import building, shared_path
 
 PROMPT_LENGTHS = (32, 256, 1024)
 NEW_TOKENS = 32          # cached loops
@@ -221,15 +221,16 @@ def run(loaded, lengths=PROMPT_LENGTHS, threads: int | None = None, log=print, p
     import pandas as pd
 
     threads = threads or runtime.default_threads()
-    saved = artifact_path("bench", f"{loaded.name}-{'-'.join(map(str, lengths))}-{threads}t"
-                                   f"{'-peers' if peers else ''}.csv")
-    if reuse and saved.is_file():
-        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(saved.stat().st_mtime))
-        log(f"reusing the benchmark measured on this machine at {when} ({saved})")
-        return pd.read_csv(saved)
-    table = _measure(loaded, lengths, threads, log, peers)
-    table.to_csv(saved.with_suffix(".partial"), index=False)
-    saved.with_suffix(".partial").replace(saved)
+    saved = shared_path("bench", f"{loaded.name}-{'-'.join(map(str, lengths))}-{threads}t"
+                                 f"{'-peers' if peers else ''}.csv")
+    with building(saved):
+        if reuse and saved.is_file():
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(saved.stat().st_mtime))
+            log(f"reusing the benchmark measured on this machine at {when} ({saved})")
+            return pd.read_csv(saved)
+        table = _measure(loaded, lengths, threads, log, peers)
+        table.to_csv(saved.with_suffix(".partial"), index=False)
+        saved.with_suffix(".partial").replace(saved)
     return table
 
 

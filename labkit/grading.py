@@ -8,6 +8,9 @@ bytes, so workers need the same Python environment but no shared disk. The clien
 each result into the course gradebook through nbgrader's `Gradebook` API and writes the
 autograded notebooks where `nbgrader generate_feedback` and formgrader look for them.
 
+Each submission writes its graphs to an artifacts folder of its own (`labkit.paths`), so
+submissions graded at once on one machine never see each other's files.
+
 Limits per submission: wall time for the whole submission, nbgrader's per-cell timeout
 (the kernel is interrupted and the next cells still run), and an address-space limit that
 makes a runaway allocation raise MemoryError in the student's cell instead of waking the
@@ -29,7 +32,7 @@ from pathlib import Path
 import nbformat
 import psutil
 
-from . import course
+from . import course, paths
 
 
 class GradingSetupError(RuntimeError):
@@ -176,7 +179,10 @@ def grade_submission(job: Job) -> Outcome:
         _write_files(root / "submitted" / job.student / job.assignment, job.submission)
         course.venv_bin_on_path()
         threads = job.limits.threads or max(1, os.cpu_count() or 1)
-        env = dict(os.environ, LABKIT_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
+        # The submission's own graphs live and die with its scratch course; what labkit
+        # builds the same for everyone is shared by the worker's submissions.
+        env = dict(os.environ, LABKIT_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
+                   **{paths.ARTIFACTS_ENV: str(root / "artifacts"), paths.SHARED_ENV: str(paths.shared_dir())})
         code, log, peak = _run_limited(
             [sys.executable, "-m", "nbgrader", "autograde", job.assignment, "--student", job.student,
              "--force"], root, env, job.limits)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import gguf_convert, hub
-from .paths import artifacts_dir
+from .paths import building, shared_dir
 
 DEFAULT_MODEL = "smollm2-135m"
 MODEL_ENV = "LABKIT_MODEL"
@@ -88,14 +88,15 @@ def resolve_name(name: str | None = None) -> str:
 # --- where each model's files live -------------------------------------------------
 
 def _converted_folder() -> Path:
-    return artifacts_dir() / "models" / DEFAULT_MODEL
+    return shared_dir() / "models" / DEFAULT_MODEL
 
 
 def default_model_folder() -> Path:
     """The converted float32 folder of the bundled model, converting on first use."""
     folder = _converted_folder()
-    if not gguf_convert.is_converted(folder):
-        gguf_convert.convert(folder)
+    with building(folder):
+        if not gguf_convert.is_converted(folder):
+            gguf_convert.convert(folder)
     return folder
 
 
@@ -103,7 +104,7 @@ def qwen3_candidates() -> list[Path]:
     """Folders searched for a downloaded Qwen3-1.7B, in order."""
     found = [Path(os.environ[QWEN3_DIR_ENV])] if os.environ.get(QWEN3_DIR_ENV) else []
     cwd = Path.cwd()
-    found += [cwd / "Qwen3-1.7B", cwd.parent / "Qwen3-1.7B", artifacts_dir() / "models" / "Qwen3-1.7B"]
+    found += [cwd / "Qwen3-1.7B", cwd.parent / "Qwen3-1.7B", shared_dir() / "models" / "Qwen3-1.7B"]
     return found
 
 
@@ -140,7 +141,7 @@ def qwen3_folder(download: bool = True) -> Path:
     reason = hub.hub_unreachable_reason()
     if reason:
         raise ModelUnavailable(_how_to_provide_qwen3(f"no local folder found and {reason}"))
-    return hub.download(QWEN3_REPO, artifacts_dir() / "models" / "Qwen3-1.7B")
+    return hub.download(QWEN3_REPO, shared_dir() / "models" / "Qwen3-1.7B")
 
 
 # --- loading -------------------------------------------------------------------------

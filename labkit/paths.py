@@ -2,6 +2,14 @@
 
 Never inside the assignment folder: nbgrader copies that folder into every
 release and submission, and an ONNX file is gigabytes.
+
+Two roots. `artifacts_dir()` holds what a student's own code writes (notebook 02's export,
+notebook 03's INT8 graph, the figures notebook 04 records). `shared_dir()` holds what labkit
+builds the same way for everyone (the converted model, the KV-cache graphs, benchmark
+tables, sensitivity scans). They are one folder unless `$LABKIT_SHARED_ARTIFACTS` is set:
+grading gives each submission an artifacts folder of its own, so two submissions graded at
+once never overwrite each other's graphs, and one shared folder per machine, so neither
+rebuilds what the other already built.
 """
 from __future__ import annotations
 
@@ -12,6 +20,7 @@ import shutil
 from pathlib import Path
 
 ARTIFACTS_ENV = "LABKIT_ARTIFACTS"
+SHARED_ENV = "LABKIT_SHARED_ARTIFACTS"
 MODEL_FILE = "model.onnx"  # every variant folder holds model.onnx + model.onnx.data
 
 
@@ -27,9 +36,25 @@ def artifacts_dir() -> Path:
     return root
 
 
+def shared_dir() -> Path:
+    """`$LABKIT_SHARED_ARTIFACTS`, else `artifacts_dir()`."""
+    explicit = os.environ.get(SHARED_ENV)
+    if not explicit:
+        return artifacts_dir()
+    root = Path(explicit).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+# The graphs students build in notebooks 02 and 03; every other variant is labkit's own.
+STUDENT_VARIANTS = ("fp32", "int8", "int8-naive")
+
+
 def onnx_dir(model_name: str, variant: str = "fp32") -> Path:
-    """Where a model's ONNX files live: <artifacts>/onnx/<model>/<variant>/."""
-    return artifacts_dir() / "onnx" / model_name / variant
+    """Where a model's ONNX files live: <root>/onnx/<model>/<variant>/, the root being
+    `artifacts_dir()` for the students' graphs and `shared_dir()` for the others."""
+    root = artifacts_dir() if variant in STUDENT_VARIANTS else shared_dir()
+    return root / "onnx" / model_name / variant
 
 
 def artifact_path(*parts: str) -> Path:
@@ -37,6 +62,26 @@ def artifact_path(*parts: str) -> Path:
     path = artifacts_dir().joinpath(*parts)
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def shared_path(*parts: str) -> Path:
+    """A path below the shared directory; its parent folder exists."""
+    path = shared_dir().joinpath(*parts)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def building(target: Path):
+    """Hold an exclusive lock on `target` (a file lock beside it) while checking whether it
+    exists and building it: of two processes that need it at once (two notebooks, two
+    submissions being graded), one builds and the other waits, then finds it built."""
+    from filelock import FileLock
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(target.with_name(target.name + ".lock")):
+        yield
 
 
 def check_writable(out_dir: Path, needed_bytes: int, error: type[Exception]) -> None:

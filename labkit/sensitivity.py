@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .paths import artifact_path
+from .paths import building, shared_path
 
 
 def _linears(model: torch.nn.Module, pattern: str) -> dict[str, torch.nn.Linear]:
@@ -110,15 +110,16 @@ def scan(model: torch.nn.Module, feeds: list[dict], pattern: str = r"mlp\.down_p
          eval_feeds: int = 6) -> pd.DataFrame:
     """KL of the model with one matching layer in simulated INT8, for each layer;
     ranges come from all `feeds`, the KL from every len(feeds)//eval_feeds-th one.
-    Sorted most sensitive first. The result is kept under the artifacts directory, keyed
+    Sorted most sensitive first. The result is kept in the shared directory, keyed
     by the weights and feeds themselves: the same inputs are never scanned twice (every
     submission of a class grades the same scan)."""
-    saved = artifact_path("sensitivity", _scan_key(model, feeds, pattern, eval_feeds) + ".csv")
-    if saved.is_file():
-        return pd.read_csv(saved)
-    table = _scan(model, feeds, pattern, eval_feeds)
-    table.to_csv(saved.with_suffix(".partial"), index=False)
-    saved.with_suffix(".partial").replace(saved)
+    saved = shared_path("sensitivity", _scan_key(model, feeds, pattern, eval_feeds) + ".csv")
+    with building(saved):
+        if saved.is_file():
+            return pd.read_csv(saved)
+        table = _scan(model, feeds, pattern, eval_feeds)
+        table.to_csv(saved.with_suffix(".partial"), index=False)
+        saved.with_suffix(".partial").replace(saved)
     return table
 
 

@@ -3,12 +3,14 @@ built for it, graded in parallel on a Dask LocalCluster of two worker processes,
 the course gradebook and checked against the score it should get."""
 import html
 import re
+import shutil
+import uuid
 
 import nbformat
 import pytest
 from nbgrader.api import Gradebook
 
-from labkit import course, grading
+from labkit import course, grading, paths
 from nbgrader_course import edit_cell, hidden_test_lines
 
 pytestmark = pytest.mark.slow
@@ -63,6 +65,33 @@ def count_tokens(tokenizer, text: str) -> int:
     print("debug: counting", file=sys.stderr)
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 """
+MEETING = uuid.uuid4().hex
+
+
+def writes_artifacts(me: str, other: str) -> str:
+    """Two submissions graded at the same moment each write their name to the same file of
+    their artifacts folder; each must read back its own, as on a student's own machine."""
+    return f"""\
+import time
+from labkit import paths
+
+def wait_for(flag):
+    for _ in range(100):
+        if flag.exists():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{{flag.name}} never came: the two were not graded at the same time")
+
+meeting = paths.shared_dir() / "meeting-{MEETING}"
+meeting.mkdir(exist_ok=True)
+(meeting / "{me}-started").touch()
+wait_for(meeting / "{other}-started")
+(paths.artifacts_dir() / "mine.txt").write_text("{me}")
+(meeting / "{me}-wrote").touch()
+wait_for(meeting / "{other}-wrote")
+assert (paths.artifacts_dir() / "mine.txt").read_text() == "{me}", "another submission overwrote my file"
+""" + OTHER_WEIGHT_BYTES
+
 
 # student: (answers written into the solution cells, edits to the notebook, score, problems)
 CASES = {
@@ -119,6 +148,19 @@ def test_each_submission_gets_the_score_it_earned(graded, student):
     assert [p for p in problems if p not in found] == [], found
     if not problems:
         assert found == ""
+
+
+def test_submissions_graded_at_once_keep_their_own_files(tmp_path):
+    root = course.make_course(tmp_path, notebooks=[NB])
+    assert course.grading_api(root).generate_assignment(course.ASSIGNMENT)["success"]
+    _submit(root, "writer_a", {"weight-bytes": writes_artifacts("writer_a", "writer_b")}, [])
+    _submit(root, "writer_b", {"weight-bytes": writes_artifacts("writer_b", "writer_a")}, [])
+    try:
+        table = grading.grade_class(root, workers=2, limits=LIMITS, progress=False)
+    finally:
+        shutil.rmtree(paths.shared_dir() / f"meeting-{MEETING}", ignore_errors=True)
+    assert table["problems"].tolist() == ["", ""]
+    assert course.submission_scores(root) == {"writer_a": (7, 7), "writer_b": (7, 7)}
 
 
 def test_the_summary_is_written_as_csv(graded):

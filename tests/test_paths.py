@@ -1,0 +1,42 @@
+"""Where generated files go, and one build at a time of each."""
+import threading
+import time
+from types import SimpleNamespace
+
+from labkit import artifacts, paths
+
+
+def test_students_graphs_and_labkits_own_have_separate_roots(monkeypatch, tmp_path):
+    monkeypatch.setenv(paths.ARTIFACTS_ENV, str(tmp_path / "mine"))
+    monkeypatch.delenv(paths.SHARED_ENV, raising=False)
+    assert paths.onnx_dir("m", "kv-int8") == tmp_path / "mine" / "onnx" / "m" / "kv-int8"
+
+    monkeypatch.setenv(paths.SHARED_ENV, str(tmp_path / "shared"))
+    for variant in paths.STUDENT_VARIANTS:
+        assert paths.onnx_dir("m", variant) == tmp_path / "mine" / "onnx" / "m" / variant
+    for variant in ("kv-fp32", "kv-int8", "kv-int4"):
+        assert paths.onnx_dir("m", variant) == tmp_path / "shared" / "onnx" / "m" / variant
+    assert paths.shared_path("bench", "x.csv").parent.is_dir()
+
+
+def test_two_that_need_the_same_graph_at_once_build_it_once(monkeypatch, tmp_path):
+    monkeypatch.setenv(paths.ARTIFACTS_ENV, str(tmp_path))
+    built = []
+
+    def slow_build(loaded, variant):
+        built.append(variant)
+        time.sleep(0.5)
+        artifacts.path(loaded, variant).parent.mkdir(parents=True)
+        return artifacts.path(loaded, variant)
+
+    monkeypatch.setattr(artifacts, "_build", slow_build)
+    monkeypatch.setattr(artifacts, "is_valid", lambda loaded, v: artifacts.path(loaded, v).parent.is_dir())
+    loaded = SimpleNamespace(name="m")
+    logs = []
+    threads = [threading.Thread(target=artifacts.ensure, args=(loaded, "kv-fp32", logs.append)) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert built == ["kv-fp32"]
+    assert sorted(line.split(":")[1].split()[0] for line in logs) == ["building", "reusing"]
