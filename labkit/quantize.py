@@ -28,7 +28,7 @@ from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
 from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
 from tqdm.auto import tqdm
 
-from . import onnx_weights, smoothquant
+from . import env, onnx_weights, smoothquant
 
 
 def _import_nbits_quantizer():
@@ -69,6 +69,9 @@ class Recipe:
     weight_only: tuple[str, ...] = ()     # linears (e.g. "model.layers.11.mlp.down_proj") whose
                                           # activations stay float: int8 weights only
     share_embedding: bool = True          # embedding and lm_head read one int8 matrix
+    reduce_range: bool = dataclasses.field(default_factory=env.int8_products_saturate)
+                                          # 7-bit weights: needed where AVX2 sums int8
+                                          # products in 16 bits (no VNNI); see env.py
 
     def describe(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -76,7 +79,7 @@ class Recipe:
 
 # ONNX Runtime's defaults: int8 activations, one scale per tensor, every MatMul.
 NAIVE = Recipe(activation_type="s8", per_channel=False, weights_only_matmuls=False, smooth_alpha=None,
-               share_embedding=False)
+               share_embedding=False, reduce_range=False)
 
 
 def assert_float_model(path: str | Path) -> onnx.ModelProto:
@@ -264,7 +267,7 @@ def quantize_int8_static(fp32_path: str | Path, out_dir: str | Path, reader, rec
                     calibration_cache_path=str(work / "ranges.json"), calibrate_method=CalibrationMethod.MinMax,
                     quant_format=QuantFormat.QDQ if recipe.quant_format == "QDQ" else QuantFormat.QOperator,
                     op_types_to_quantize=["MatMul"], per_channel=recipe.per_channel,
-                    activation_type=_TYPES[recipe.activation_type], weight_type=_TYPES[recipe.weight_type],
+                    reduce_range=recipe.reduce_range, activation_type=_TYPES[recipe.activation_type], weight_type=_TYPES[recipe.weight_type],
                     nodes_to_exclude=[f"{name}/MatMul" for name in recipe.weight_only] + (
                         [n.name for n in activation_only] if recipe.weights_only_matmuls else []),
                     use_external_data_format=True,
@@ -297,7 +300,8 @@ def quantize_int8_dynamic(fp32_path: str | Path, out_dir: str | Path) -> Path:
     check_writable(Path(out_dir), int(file_bytes(fp32_path) * 0.5), QuantizeError)
     with staged_dir(out_dir, QuantizeError) as work:
         quantize_dynamic(str(fp32_path), str(work / MODEL_FILE), op_types_to_quantize=["MatMul"],
-                         per_channel=True, weight_type=QuantType.QInt8, use_external_data_format=True,
+                         per_channel=True, reduce_range=env.int8_products_saturate(),
+                         weight_type=QuantType.QInt8, use_external_data_format=True,
                          extra_options={"MatMulConstBOnly": True})
     return Path(out_dir) / MODEL_FILE
 

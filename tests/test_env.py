@@ -49,3 +49,16 @@ def test_lab_writes_its_report(tmp_path, capsys):
     assert "Paris" in report and "greedy 32 tokens identical on 3/3" in report
     assert json.loads((tmp_path / "env.json").read_text())["cores"] >= 1
     assert str(tmp_path / "report.md") in capsys.readouterr().out
+
+
+def test_seven_bit_weights_only_where_int8_sums_saturate(monkeypatch):
+    from labkit import quantize
+
+    cases = [("x86_64", {"avx2", "fma"}, True), ("x86_64", {"avx2", "avx_vnni"}, False),
+             ("x86_64", {"avx512f", "avx512_vnni"}, False), ("aarch64", {"asimd"}, False)]
+    for machine, flags, saturates in cases:
+        monkeypatch.setattr(env.platform, "machine", lambda: machine)
+        monkeypatch.setattr(env, "_cpuinfo", lambda: ("cpu", flags))
+        assert env.int8_products_saturate() is saturates, (machine, flags)
+        assert quantize.Recipe().reduce_range is saturates
+    assert quantize.NAIVE.reduce_range is False  # ONNX Runtime's defaults, as they are
