@@ -84,6 +84,15 @@ def size_ratio(path: str | Path, fp32_path: str | Path, at_most: float) -> float
     return ratio
 
 
+def follows_fp32(shares: dict[str, float], at_least: float) -> None:
+    """`shares`: quality.next_token_agreement of the quantized model with FP32."""
+    low = {lang: share for lang, share in shares.items() if share < at_least}
+    assert not low, (f"the quantized model predicts FP32's next token for only "
+                     + ", ".join(f"{share:.0%} of the {lang} text" for lang, share in low.items())
+                     + f" (at least {at_least:.0%} needed). Which layers lose the most to INT8? "
+                     "See the sensitivity scan.")
+
+
 def same_first_tokens(tokens: list[int], reference: list[int], first: int) -> None:
     same = next((i for i, (a, b) in enumerate(zip(tokens, reference)) if a != b), min(len(tokens), len(reference)))
     assert same >= first, (f"the quantized model's greedy answer leaves FP32's after {same} tokens; the first "

@@ -60,3 +60,26 @@ def test_correct_counts_answers_that_contain_an_expected_word(tiny):
     assert quality.correct(wrong, tiny.tokenizer) == 0
     first_wrong = [encode("no idea")] + right[1:]
     assert quality.correct(first_wrong, tiny.tokenizer) == len(answerable) - 1
+
+
+def test_next_token_agreement_is_the_share_of_positions_predicted_alike(tiny):
+    from labkit import checks
+
+    vocab = len(tiny.tokenizer)
+
+    def echo(ids):  # predicts the token it reads
+        out = np.zeros((1, ids.shape[1], vocab), np.float32)
+        out[0, np.arange(ids.shape[1]), ids[0]] = 1.0
+        return out
+
+    def echo_every_third(ids):  # predicts token 0 at two positions in three
+        out = echo(ids)
+        out[0, [t for t in range(ids.shape[1]) if t % 3], 0] = 2.0
+        return out
+
+    assert quality.next_token_agreement(echo, echo, tiny.tokenizer) == {"en": 1.0, "zh": 1.0}
+    shares = quality.next_token_agreement(echo_every_third, echo, tiny.tokenizer, max_tokens=30)
+    assert shares == {"en": pytest.approx(10 / 30), "zh": pytest.approx(10 / 30)}
+    checks.follows_fp32({"en": 0.8, "zh": 0.9}, at_least=0.75)
+    with pytest.raises(AssertionError, match="only 33% of the en text, 33% of the zh text"):
+        checks.follows_fp32(shares, at_least=0.75)
