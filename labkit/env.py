@@ -42,9 +42,9 @@ def _cpuinfo() -> tuple[str, set[str]]:
 
 def int8_products_saturate() -> bool:
     """True on x86 CPUs without VNNI or AMX. There ONNX Runtime's u8 x s8 kernel adds pairs
-    of products in 16 bits (vpmaddubsw), which saturates when both are large; 7-bit weights
-    (`reduce_range`) never do. Measured on an AVX2-only EPYC, the tiny Qwen3's logits were
-    off by 9.1% with 8-bit weights and 2.1% with 7-bit ones."""
+    of products in 16 bits (vpmaddubsw), which saturates when both are large. Measured on an
+    AVX2-only EPYC, the tiny Qwen3's INT8 logits were off by 9.1% with s8 weights, 2.1% with
+    7-bit s8 weights (`reduce_range`) and 1.5% with u8 weights."""
     if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
         return False  # Arm's dot-product instructions sum in 32 bits
     return not INT8_DOT & _cpuinfo()[1]
@@ -119,7 +119,7 @@ def advice(report: dict) -> list[str]:
     elif not INT8_DOT & set(report["cpu_flags"]):
         notes.append("No VNNI/AMX: INT8 matrix products run on AVX2, so INT8 gains come mostly "
                      "from reading 4x fewer weight bytes, not from faster arithmetic, and INT8 "
-                     "weights keep 7 bits (reduce_range) so that AVX2's 16-bit sums cannot overflow.")
+                     "weights are stored as u8, whose kernel cannot overflow AVX2's 16-bit sums.")
     wrong = [f"{n} {r['installed'] or 'missing'} (want {r['required']})"
              for n, r in report["packages"].items() if not r["ok"]]
     if wrong:

@@ -55,12 +55,19 @@ class QuantizeError(RuntimeError):
     pass
 
 
+def default_weight_type() -> str:
+    """"s8" where the CPU sums int8 products in 32 bits (VNNI, AMX, Arm); "u8" on x86 with
+    AVX2 alone, where ONNX Runtime's u8 x s8 kernel saturates (env.int8_products_saturate)
+    and its u8 x u8 kernel, which widens to 16 bits before multiplying, does not."""
+    return "u8" if env.int8_products_saturate() else "s8"
+
+
 @dataclass(frozen=True)
 class Recipe:
     """The choices of static INT8 quantization; the defaults are the lab's recipe."""
     quant_format: str = "QDQ"             # QuantizeLinear/DequantizeLinear pairs that ORT fuses to int8 kernels
-    activation_type: str = "u8"           # x86's VNNI instructions multiply u8 activations by s8 weights
-    weight_type: str = "s8"
+    activation_type: str = "u8"           # x86's int8 kernels take u8 activations
+    weight_type: str = dataclasses.field(default_factory=default_weight_type)  # s8, or u8 on AVX2 alone
     per_channel: bool = True              # one scale per output channel of each weight
     weights_only_matmuls: bool = True     # attention's activation x activation MatMuls stay float
     smooth_alpha: float | None = 0.6      # SmoothQuant migration strength; None: off. Measured on
@@ -69,9 +76,6 @@ class Recipe:
     weight_only: tuple[str, ...] = ()     # linears (e.g. "model.layers.11.mlp.down_proj") whose
                                           # activations stay float: int8 weights only
     share_embedding: bool = True          # embedding and lm_head read one int8 matrix
-    reduce_range: bool = dataclasses.field(default_factory=env.int8_products_saturate)
-                                          # 7-bit weights: needed where AVX2 sums int8
-                                          # products in 16 bits (no VNNI); see env.py
 
     def describe(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -79,7 +83,7 @@ class Recipe:
 
 # ONNX Runtime's defaults: int8 activations, one scale per tensor, every MatMul.
 NAIVE = Recipe(activation_type="s8", per_channel=False, weights_only_matmuls=False, smooth_alpha=None,
-               share_embedding=False, reduce_range=False)
+               share_embedding=False, weight_type="s8")
 
 
 def assert_float_model(path: str | Path) -> onnx.ModelProto:
@@ -149,22 +153,32 @@ def _per_tensor(ranges: dict[str, tuple[np.ndarray, np.ndarray]]) -> TensorsData
 
 
 def _share_int8_embedding(graph: onnx.ModelProto) -> None:
-    """Make the embedding lookup read lm_head's int8 [hidden, vocab] weight: gather
-    columns, scale them, transpose. The float embedding matrix is then unused."""
+    """Make the embedding lookup read lm_head's 8-bit [hidden, vocab] weight: gather
+    columns, subtract their zero points (u8 weights), scale, transpose. The float
+    embedding matrix is then unused."""
     producer = {o: n for n in graph.graph.node for o in n.output}
     lm_head = next(n for n in graph.graph.node if n.op_type == "MatMul" and n.name.startswith("lm_head"))
-    quantized, scale = producer[lm_head.input[1]].input[:2]
+    quantized, scale, *zero_point = producer[lm_head.input[1]].input
     weights = onnx_weights.initializers(graph)
     gather = next(n for n in graph.graph.node if n.op_type == "Gather" and n.input[0] in weights)
     ids, out = gather.input[1], gather.output[0]
     position = list(graph.graph.node).index(gather)
     graph.graph.node.remove(gather)
     make = onnx.helper.make_node
-    nodes = [  # zero points are 0: int8 weights are symmetric
-        make("Gather", [quantized, ids], [out + "_int8"], name="model.embed_tokens/Gather", axis=1),
-        make("Cast", [out + "_int8"], [out + "_float"], name="model.embed_tokens/Cast", to=onnx.TensorProto.FLOAT),
+    float_ = onnx.TensorProto.FLOAT
+    nodes = [make("Gather", [quantized, ids], [out + "_int8"], name="model.embed_tokens/Gather", axis=1),
+             make("Cast", [out + "_int8"], [out + "_float"], name="model.embed_tokens/Cast", to=float_)]
+    if zero_point and weights[quantized].data_type == onnx.TensorProto.UINT8:  # s8 weights are symmetric
+        nodes += [
+            make("Gather", [zero_point[0], ids], [out + "_zp8"], name="model.embed_tokens/GatherZeroPoint", axis=0),
+            make("Cast", [out + "_zp8"], [out + "_zp"], name="model.embed_tokens/CastZeroPoint", to=float_),
+            make("Sub", [out + "_float", out + "_zp"], [out + "_centred"], name="model.embed_tokens/Sub")]
+        centred = out + "_centred"
+    else:
+        centred = out + "_float"
+    nodes += [
         make("Gather", [scale, ids], [out + "_scale"], name="model.embed_tokens/GatherScale", axis=0),
-        make("Mul", [out + "_float", out + "_scale"], [out + "_columns"], name="model.embed_tokens/Mul"),
+        make("Mul", [centred, out + "_scale"], [out + "_columns"], name="model.embed_tokens/Mul"),
         make("Transpose", [out + "_columns"], [out], name="model.embed_tokens/Transpose", perm=[1, 2, 0]),
     ]
     for offset, node in enumerate(nodes):
@@ -267,7 +281,7 @@ def quantize_int8_static(fp32_path: str | Path, out_dir: str | Path, reader, rec
                     calibration_cache_path=str(work / "ranges.json"), calibrate_method=CalibrationMethod.MinMax,
                     quant_format=QuantFormat.QDQ if recipe.quant_format == "QDQ" else QuantFormat.QOperator,
                     op_types_to_quantize=["MatMul"], per_channel=recipe.per_channel,
-                    reduce_range=recipe.reduce_range, activation_type=_TYPES[recipe.activation_type], weight_type=_TYPES[recipe.weight_type],
+                    activation_type=_TYPES[recipe.activation_type], weight_type=_TYPES[recipe.weight_type],
                     nodes_to_exclude=[f"{name}/MatMul" for name in recipe.weight_only] + (
                         [n.name for n in activation_only] if recipe.weights_only_matmuls else []),
                     use_external_data_format=True,
@@ -300,8 +314,7 @@ def quantize_int8_dynamic(fp32_path: str | Path, out_dir: str | Path) -> Path:
     check_writable(Path(out_dir), int(file_bytes(fp32_path) * 0.5), QuantizeError)
     with staged_dir(out_dir, QuantizeError) as work:
         quantize_dynamic(str(fp32_path), str(work / MODEL_FILE), op_types_to_quantize=["MatMul"],
-                         per_channel=True, reduce_range=env.int8_products_saturate(),
-                         weight_type=QuantType.QInt8, use_external_data_format=True,
+                         per_channel=True, weight_type=_TYPES[default_weight_type()], use_external_data_format=True,
                          extra_options={"MatMulConstBOnly": True})
     return Path(out_dir) / MODEL_FILE
 
@@ -332,9 +345,10 @@ def quantize_int4_weight_only(fp32_path: str | Path, out_dir: str | Path, block_
 
 
 def int8_weight_bytes(path: str | Path) -> int:
-    """Bytes of int8 weights (zero points not counted): what was actually quantized."""
+    """Bytes of 8-bit weights, s8 or u8 (zero points not counted): what was actually quantized."""
+    eight_bit = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
     return sum(int(np.prod(t.dims)) for t in load_graph(path).graph.initializer
-               if t.data_type == onnx.TensorProto.INT8 and not t.name.endswith("zero_point"))
+               if t.data_type in eight_bit and not t.name.endswith("zero_point"))
 
 
 def lab_recipe(model, reader, share: float = 0.9, scan_feeds: int | None = None) -> Recipe:

@@ -60,5 +60,5 @@ def test_seven_bit_weights_only_where_int8_sums_saturate(monkeypatch):
         monkeypatch.setattr(env.platform, "machine", lambda: machine)
         monkeypatch.setattr(env, "_cpuinfo", lambda: ("cpu", flags))
         assert env.int8_products_saturate() is saturates, (machine, flags)
-        assert quantize.Recipe().reduce_range is saturates
-    assert quantize.NAIVE.reduce_range is False  # ONNX Runtime's defaults, as they are
+        assert quantize.Recipe().weight_type == ("u8" if saturates else "s8")
+    assert quantize.NAIVE.weight_type == "s8"  # ONNX Runtime's defaults, as they are

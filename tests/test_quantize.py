@@ -43,13 +43,18 @@ def test_static_int8_is_small_checked_and_close_to_float(int8, tiny, tiny_onnx, 
     assert recipe["weight_only"] == ["model.layers.1.mlp.down_proj"]
 
 
-def test_embedding_lookup_reads_the_int8_lm_head_weight(int8, ids):
+@pytest.mark.parametrize("weight_type", ["s8", "u8"])
+def test_embedding_lookup_reads_the_int8_lm_head_weight(tmp_path, tiny, tiny_onnx, ids, weight_type):
+    reader = calibration.PromptReader(tiny.tokenizer, PROMPTS)
+    int8 = quantize.quantize_int8_static(tiny_onnx, tmp_path / "int8", reader, quantize.Recipe(weight_type=weight_type))
     graph = onnx_graph.load_graph(int8)
     weights = onnx_weights.initializers(graph)
     floats = [t.name for t in graph.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and 49152 in t.dims]
     assert floats == ["lm_head.weight_scale"]  # no float copy of the [vocab, hidden] matrix is left
     table = onnx_weights.read(weights["lm_head.weight_quantized"], int8.parent).astype(np.float32)
-    table = table * onnx_weights.read(weights["lm_head.weight_scale"], int8.parent)
+    zero_point = onnx_weights.read(weights["lm_head.weight_zero_point"], int8.parent).astype(np.float32)
+    assert (zero_point != 0).any() == (weight_type == "u8")  # u8 weights are asymmetric
+    table = (table - zero_point) * onnx_weights.read(weights["lm_head.weight_scale"], int8.parent)
     gather = next(n for n in graph.graph.node if n.name == "model.embed_tokens/Transpose")
     session = runtime.observing_session(int8, [gather.output[0]])
     looked_up = session.run([gather.output[0]], {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0]
