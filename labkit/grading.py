@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -249,8 +250,11 @@ def merge(root: Path, assignment: str, outcome: Outcome) -> tuple[float, float]:
     from nbgrader.api import Gradebook
 
     root = Path(root)
-    with tempfile.TemporaryDirectory() as tmp, \
+    with warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp, \
             Gradebook(f"sqlite:///{root / 'gradebook.db'}") as gb:
+        # nbgrader builds a new submission's rows in an order SQLAlchemy 2 warns about
+        # ("... not in session, add operation ... will not proceed"); the rows are saved all the same
+        warnings.filterwarnings("ignore", message=".*not in session.*")
         gb.update_or_create_student(outcome.student)
         worker = _worker_submission(Path(tmp), outcome, assignment)
         timestamp = worker["timestamp"] if worker else None
