@@ -19,7 +19,9 @@ install: $(STAMP)
 lab: $(STAMP)
 	$(PY) -m labkit lab
 
+# The tests also cover the llama.cpp peer, whose package compiles llama.cpp (once, ~8 min).
 test: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test,grading,peers]'
 	$(PY) -m pytest
 
 # Notebook 04's chat box in JupyterLab in headless Chromium (Debian's package:

@@ -42,7 +42,7 @@ def quant_comparison(table: pd.DataFrame):
 
 
 def row_label(row) -> str:
-    engine = {"pytorch": "PyTorch", "onnxruntime": "ORT", "onnxruntime-genai": "ORT-genai"}[row["engine"]]
+    engine = {"pytorch": "PyTorch", "onnxruntime": "ORT", "onnxruntime-genai": "ORT-genai"}.get(row["engine"], row["engine"])
     return f"{engine}\n{row['precision'].upper()}\n{'KV cache' if row['cache'] else 'no cache'}"
 
 
@@ -54,8 +54,8 @@ def deployment_summary(table: pd.DataFrame, prompt_len: int | None = None):
     prompt_len = prompt_len or (256 if 256 in lengths else max(lengths))
     rows = table[table["prompt_len"] == prompt_len].copy()
     rows.index = [row_label(r) for _, r in rows.iterrows()]
-    colors = ["tab:gray" if e == "pytorch" else "tab:purple" if e == "onnxruntime-genai"
-              else "tab:blue" if p == "fp32" else "tab:green" for e, p in zip(rows["engine"], rows["precision"])]
+    colors = ["tab:gray" if e == "pytorch" else "tab:blue" if e == "onnxruntime" and p == "fp32"
+              else "tab:green" if e == "onnxruntime" else "tab:purple" for e, p in zip(rows["engine"], rows["precision"])]
     fig, axes = plt.subplots(1, 2, figsize=(14, 4.6))
     (1 / rows["ratio"]).plot.bar(ax=axes[0], color=colors, title="compression vs FP32 (x, higher is smaller)")
     _label_bars(axes[0], "%.1fx")

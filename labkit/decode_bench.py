@@ -22,8 +22,9 @@ import numpy as np
 import psutil
 
 from . import artifacts, generate, quality, runtime
-from .parity import chat_ids
+from .gguf_convert import bundled_gguf
 from .onnx_graph import file_bytes
+from .parity import chat_ids
 from .paths import building, shared_path
 
 PROMPT_LENGTHS = (32, 256, 1024)
@@ -33,7 +34,7 @@ NEW_TOKENS_NO_CACHE = 8  # each no-cache step recomputes the whole prompt: a few
 
 @dataclass
 class Engine:
-    engine: str           # "pytorch", "onnxruntime", "onnxruntime-genai"
+    engine: str           # "pytorch", "onnxruntime", "onnxruntime-genai", "llama.cpp"
     precision: str
     cache: bool
     bytes: int
@@ -145,6 +146,31 @@ def _genai_runner(folder: Path):
     return open_
 
 
+def _llama_cpp_runner(gguf: Path, threads: int):
+    def open_():
+        import llama_cpp
+
+        llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=2048, n_batch=1024, n_threads=threads,
+                              n_threads_batch=threads, verbose=False)
+        vocab = llm.n_vocab()
+
+        def argmax() -> int:  # the last position's logits, as the ONNX loops pick them
+            return int(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(vocab,)).argmax())
+
+        def run(ids, new_tokens):
+            llm.reset()
+            started = time.perf_counter()
+            llm.eval(ids[0].tolist())
+            tokens = [argmax()]
+            ttft = time.perf_counter() - started
+            while len(tokens) < new_tokens:
+                llm.eval(tokens[-1:])
+                tokens.append(argmax())
+            return tokens, ttft, time.perf_counter() - started
+        return run
+    return open_
+
+
 def genai_builder_models(loaded, log=print) -> dict[str, Path]:
     """onnxruntime-genai's model builder output for the same model (FP32, INT4), if
     the package is installed; {} with a message otherwise."""
@@ -198,7 +224,13 @@ def engines(loaded, threads: int, log=print, peers: bool = True) -> list[Engine]
         size = sum(file_bytes(p) for p in folder.glob("*.onnx"))
         rows.append(Engine("onnxruntime-genai", precision, True, size, _genai_runner(folder)))
     if importlib.util.find_spec("llama_cpp") is None:
-        log("peer llama.cpp: llama-cpp-python is not installed (it compiles llama.cpp); skipped")
+        log("peer llama.cpp: llama-cpp-python is not installed (pip install -e '.[peers]' compiles it: "
+            "about 8 minutes on 2 cores); skipped")
+    elif loaded.name != "smollm2-135m":
+        log(f"peer llama.cpp: only run on the bundled GGUF, not {loaded.name}; skipped")
+    else:  # the very file the lab's float32 model was converted from: its weights are Q4_1
+        gguf = bundled_gguf()
+        rows.append(Engine("llama.cpp", "q4_1", True, gguf.stat().st_size, _llama_cpp_runner(gguf, threads)))
     return rows
 
 

@@ -105,3 +105,20 @@ def test_the_lab_chats_with_every_graph(bench, tiny):
 def test_io_binding_gain_measures_both_ways(bench, tiny):
     gain = decode_bench.io_binding_gain(artifacts.path(tiny, "kv-int8"), tiny.tokenizer, prompt_len=16)
     assert set(gain) == {"numpy_feeds_tok_s", "io_binding_tok_s"} and min(gain.values()) > 0
+
+
+@pytest.mark.slow
+def test_the_llama_cpp_peer_runs_the_bundled_gguf(default_model):
+    """The peer row measures the same model: llama.cpp on the GGUF and PyTorch on its float32
+    conversion pick the same greedy tokens (16 of 16 measured on this prompt; Q4_1 x Q8
+    dot products may part later), and a second run starts from an empty cache."""
+    from labkit.generate import greedy_torch
+    from labkit.gguf_convert import bundled_gguf
+    from labkit.parity import chat_ids
+
+    ids = chat_ids(default_model.tokenizer, "How many days are there in a week?")
+    run = decode_bench._llama_cpp_runner(bundled_gguf(), threads=2)()
+    tokens, ttft, total = run(ids.numpy(), 12)
+    assert tokens[:8] == greedy_torch(default_model.model, ids, 8)
+    assert len(tokens) == 12 and 0 < ttft < total
+    assert run(ids.numpy(), 12)[0] == tokens
