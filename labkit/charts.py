@@ -41,8 +41,11 @@ def quant_comparison(table: pd.DataFrame):
     return fig
 
 
+SHORT_NAMES = {"pytorch": "PyTorch", "onnxruntime": "ORT", "onnxruntime-genai": "ORT-genai"}
+
+
 def row_label(row) -> str:
-    engine = {"pytorch": "PyTorch", "onnxruntime": "ORT", "onnxruntime-genai": "ORT-genai"}.get(row["engine"], row["engine"])
+    engine = SHORT_NAMES.get(row["engine"], row["engine"])  # peers such as llama.cpp keep their name
     return f"{engine}\n{row['precision'].upper()}\n{'KV cache' if row['cache'] else 'no cache'}"
 
 
