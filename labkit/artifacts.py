@@ -5,18 +5,23 @@
                                                           prefill and decode-step feeds
                                                 kv-int4   4-bit weights of kv-fp32 (MatMulNBits)
 
-A graph is reused when it loads and is newer than the graph it was made from;
-otherwise it is rebuilt, and the log says which.
+A graph is reused when it loads, is newer than the graph it was made from and, for
+an export, carries the stamp of the current export code; otherwise it is rebuilt,
+and the log says which.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Callable
 
-from .onnx_graph import BrokenOnnxFile, load_graph
+from . import attention
+from .onnx_graph import BrokenOnnxFile, load_graph, metadata
 from .paths import MODEL_FILE, building, onnx_dir
 
 SOURCES = {"fp32": None, "int8": "fp32", "kv-fp32": None, "kv-int8": "kv-fp32", "kv-int4": "kv-fp32"}
+# A KV graph exported with transformers' attention runs, but its INT8 decode steps
+# are not bit-identical to whole-sequence passes (attention.py): rebuild it.
+STAMPS = {"kv-fp32": (attention.METADATA_KEY, attention.NAME)}
 
 
 def path(loaded, variant: str) -> Path:
@@ -26,8 +31,10 @@ def path(loaded, variant: str) -> Path:
 def is_valid(loaded, variant: str) -> bool:
     target = path(loaded, variant)
     try:
-        load_graph(target)
+        graph = load_graph(target)
     except BrokenOnnxFile:
+        return False
+    if variant in STAMPS and metadata(graph).get(STAMPS[variant][0]) != STAMPS[variant][1]:
         return False
     source = SOURCES[variant]
     return source is None or (is_valid(loaded, source)

@@ -20,7 +20,9 @@ from pathlib import Path
 import onnx
 import torch
 
+from . import attention
 from .export import export_onnx
+from .onnx_graph import set_metadata
 from .paths import MODEL_FILE
 
 GENAI_CONFIG = "genai_config.json"
@@ -78,20 +80,22 @@ def dynamic_shapes(layers: int) -> tuple:
     return tokens, {0: "batch", 1: "total_sequence"}, tokens, [{0: "batch", 2: "past_sequence"}] * (2 * layers)
 
 
-def _name_present_dims(graph: onnx.ModelProto) -> None:
+def _finish(graph: onnx.ModelProto) -> None:
     """The exporter names the present length 'past_sequence + sequence'; tools expect one name."""
     for output in graph.graph.output:
         if output.name.startswith("present."):
             output.type.tensor_type.shape.dim[2].dim_param = "total_sequence"
+    set_metadata(graph, attention.METADATA_KEY, attention.NAME)
 
 
 def export_kv(model: torch.nn.Module, out_dir: str | Path, tokenizer=None) -> Path:
     """Export the KV-cache graph to `out_dir/model.onnx` (+ `.data`); with a tokenizer,
     also its files and `genai_config.json`, so the folder runs in onnxruntime-genai."""
     layers = model.config.num_hidden_layers
-    path = export_onnx(model, out_dir, wrapper=KVWrapper(model), shapes=dynamic_shapes(layers),
-                       example=example_inputs(model.config), names=(input_names(layers), output_names(layers)),
-                       finish=_name_present_dims)
+    with attention.grouped(model):  # decode steps bit-identical to whole-sequence rows; see attention.py
+        path = export_onnx(model, out_dir, wrapper=KVWrapper(model), shapes=dynamic_shapes(layers),
+                           example=example_inputs(model.config), names=(input_names(layers), output_names(layers)),
+                           finish=_finish)
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)
         write_genai_config(model.config, tokenizer, out_dir)

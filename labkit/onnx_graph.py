@@ -36,6 +36,15 @@ def load_graph(path: str | Path) -> onnx.ModelProto:
     return model
 
 
+def metadata(model: onnx.ModelProto) -> dict[str, str]:
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
+    entry = next((p for p in model.metadata_props if p.key == key), None) or model.metadata_props.add(key=key)
+    entry.value = value
+
+
 def external_files(model: onnx.ModelProto) -> list[str]:
     """Names of the external-data files the model's initializers point to."""
     found = []

@@ -43,7 +43,7 @@ def _import_nbits_quantizer():
     root.handlers[:], root.level = handlers, level
     return matmul_nbits_quantizer
 from .calibration import channel_ranges, validate_reader
-from .onnx_graph import file_bytes, graph_io, load_graph
+from .onnx_graph import file_bytes, graph_io, load_graph, set_metadata
 from .paths import MODEL_FILE, check_writable, staged_dir
 
 QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
@@ -230,11 +230,6 @@ def _quiet_ort_quantizer():
             log.setLevel(level)
 
 
-def _record(graph: onnx.ModelProto, key: str, value: str) -> None:
-    entry = next((p for p in graph.metadata_props if p.key == key), None) or graph.metadata_props.add(key=key)
-    entry.value = value
-
-
 def quantize_int8_static(fp32_path: str | Path, out_dir: str | Path, reader, recipe: Recipe = Recipe(),
                          threads: int | None = None) -> Path:
     """Quantize the float graph at `fp32_path` with `recipe`, calibrating on
@@ -296,7 +291,7 @@ def quantize_int8_static(fp32_path: str | Path, out_dir: str | Path, reader, rec
             added = _weight_only(final, work / "qdq", recipe.weight_only)
             if tied:  # after _weight_only: lm_head's int8 weight may come from either quantizer
                 _share_int8_embedding(final)
-            _record(final, "labkit.recipe", recipe.describe())
+            set_metadata(final, "labkit.recipe", recipe.describe())
             onnx_weights.save(final, work / "qdq", work / MODEL_FILE, added=added)
             shutil.rmtree(work / "qdq")
             (work / "ranges.json").unlink()

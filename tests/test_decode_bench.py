@@ -1,9 +1,10 @@
 import os
 import time
 
+import onnx
 import pytest
 
-from labkit import artifacts, charts, checks, decode_bench
+from labkit import artifacts, attention, charts, checks, decode_bench
 from labkit.benchmarks import bench_decode
 
 CONTRACT = {"engine", "precision", "cache", "bytes", "ratio", "ttft_s", "prompt_len", "tok_s", "peak_rss_gb",
@@ -76,6 +77,22 @@ def test_artifacts_are_reused_until_their_source_changes(bench, tiny):
     os.utime(source, (later, later))
     assert not artifacts.is_valid(tiny, "kv-int4")
     assert artifacts.is_valid(tiny, "kv-fp32")
+
+
+def test_a_kv_graph_exported_with_transformers_attention_is_rebuilt(bench, tiny):
+    path = artifacts.path(tiny, "kv-fp32")
+    assert artifacts.is_valid(tiny, "kv-fp32")
+    original, stat = path.read_bytes(), path.stat()
+    graph = onnx.load(str(path), load_external_data=False)
+    stamps = [p for p in graph.metadata_props if p.key == attention.METADATA_KEY]
+    assert [p.value for p in stamps] == [attention.NAME]
+    graph.metadata_props.remove(stamps[0])
+    try:
+        onnx.save(graph, str(path))
+        assert not artifacts.is_valid(tiny, "kv-fp32")
+    finally:
+        path.write_bytes(original)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
 def test_bench_writes_csv_png_and_json(bench, tmp_path, monkeypatch, tiny):
