@@ -209,7 +209,8 @@ class TextStream:
         return ""
 
     def flush(self) -> str:
-        text = self.text()
+        """The text still held back; a character cut off by the end of generation is left out."""
+        text = self.text().rstrip("\ufffd")
         piece = text[len(self.shown):] if text.startswith(self.shown) else ""
         self.shown += piece
         return piece

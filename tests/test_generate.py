@@ -101,6 +101,9 @@ def test_streamed_chinese_is_never_garbled(tiny):
     assert all("\ufffd" not in piece for piece in result.pieces)
     assert "".join(result.pieces) == result.text == text
     assert len(result.pieces) > 5  # streamed, not delivered at the end
+    cut = next(n for n in range(1, len(tokens)) if tiny.tokenizer.decode(tokens[:n]).endswith("\ufffd"))
+    truncated = generate.generate(Scripted(tokens + [0]), [1], tiny.tokenizer, max_new_tokens=cut, stop=set())
+    assert truncated.text == tiny.tokenizer.decode(tokens[:cut]).rstrip("\ufffd")  # a cut character is left out
 
 
 def test_think_block_is_hidden():
