@@ -25,7 +25,8 @@ STAMPS = {"kv-fp32": (attention.METADATA_KEY, attention.NAME)}
 
 
 def path(loaded, variant: str) -> Path:
-    return onnx_dir(loaded.name, variant) / MODEL_FILE
+    """`loaded` is a LoadedModel or a model name."""
+    return onnx_dir(getattr(loaded, "name", loaded), variant) / MODEL_FILE
 
 
 def is_valid(loaded, variant: str) -> bool:

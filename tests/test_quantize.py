@@ -191,3 +191,21 @@ def test_interrupted_quantization_keeps_the_previous_model(monkeypatch, int8, ti
         quantize.quantize_int8_static(tiny_onnx, int8.parent, calibration.PromptReader(tiny.tokenizer, PROMPTS[:2]))
     assert int8.read_bytes() == before
     assert not int8.parent.with_name(int8.parent.name + ".partial").exists()
+
+
+def test_bench_quant_exports_in_a_child_process_once(tmp_path, monkeypatch):
+    """The float export runs in its own process (its memory is gone before quantizing),
+    and only when no valid export exists."""
+    import subprocess
+
+    from labkit import artifacts, benchmarks
+
+    monkeypatch.setenv("LABKIT_ARTIFACTS", str(tmp_path))
+    calls = []
+    real_run = subprocess.run
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append(cmd) or real_run(cmd, **kw))
+    first = benchmarks.bench_quant("qwen3-tiny")
+    assert len(calls) == 1 and calls[0][1:] == ["-m", "labkit", "bench-export", "--model", "qwen3-tiny"]
+    assert artifacts.is_valid("qwen3-tiny", "fp32") and first["ratio"] < 0.5
+    benchmarks.bench_quant("qwen3-tiny")
+    assert len(calls) == 1  # the export was reused
