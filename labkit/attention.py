@@ -30,7 +30,8 @@ METADATA_KEY = "labkit.attention"  # in the exported graph; graphs without it pr
 
 def grouped_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
     """query [b, heads, s, d]; key, value [b, kv_heads, t, d]; attention_mask additive
-    [b, 1, s, t] or None. Returns ([b, s, heads, d], None) like transformers' functions."""
+    [b, 1, s, t] or None. Returns ([b, s, heads, d], None) like transformers' functions.
+    For inference and export: `dropout` is ignored."""
     batch, heads, length, dim = query.shape
     kv_heads, total = key.shape[1], key.shape[2]
     groups = heads // kv_heads

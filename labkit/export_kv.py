@@ -81,7 +81,8 @@ def dynamic_shapes(layers: int) -> tuple:
 
 
 def _finish(graph: onnx.ModelProto) -> None:
-    """The exporter names the present length 'past_sequence + sequence'; tools expect one name."""
+    """Name the present length as tools expect ('total_sequence', where the exporter
+    writes 'past_sequence + sequence'), and stamp the attention the graph was exported with."""
     for output in graph.graph.output:
         if output.name.startswith("present."):
             output.type.tensor_type.shape.dim[2].dim_param = "total_sequence"
