@@ -25,9 +25,15 @@ from nbgrader.preprocessors import (  # noqa: E402
     AssignLatePenalties, CheckCellMetadata, Execute, GetGrades, IgnorePattern, LimitOutput,
     SaveAutoGrades)
 
-from labkit.nbgrader_plugins import HideHiddenTests, StderrIsNotAFailure  # noqa: E402
+from labkit.nbgrader_plugins import (  # noqa: E402
+    HideHiddenTests, PrepareShared, Referee, StderrIsNotAFailure)
 
+# Scores come from labkit's referee (labkit/referee.py), which re-checks each graded cell
+# outside the student's kernel; the checks in the notebook are the student's instant feedback.
+# The student's kernel runs in labkit's sandbox (labkit/sandbox.py): no instructor files, no
+# other submissions, no network, the shared artifacts read-only (PrepareShared builds them).
+c.Execute.kernel_manager_class = "labkit.nbgrader_plugins.SandboxedKernelManager"
 c.Autograde.autograde_preprocessors = [
-    Execute, StderrIsNotAFailure, IgnorePattern, ClearMetadataPreprocessor, LimitOutput,
-    SaveAutoGrades, AssignLatePenalties, CheckCellMetadata]
+    PrepareShared, Execute, StderrIsNotAFailure, IgnorePattern, ClearMetadataPreprocessor, LimitOutput,
+    Referee, SaveAutoGrades, AssignLatePenalties, CheckCellMetadata]
 c.GenerateFeedback.preprocessors = [GetGrades, HideHiddenTests, CSSHTMLHeaderPreprocessor]

@@ -107,7 +107,8 @@ def _release(args) -> int:
 def _grade(args) -> int:
     import pandas as pd
 
-    from .grading import Limits, grade_class
+    from .grading import Limits, flagged, grade_class
+    from .sandbox import isolation
 
     limits = Limits(args.timeout, args.cell_timeout, args.memory_gb)
     csv = Path(args.csv) if args.csv else Path(args.course) / "grading_summary.csv"
@@ -115,6 +116,10 @@ def _grade(args) -> int:
                         args.scheduler, limits, csv)
     with pd.option_context("display.max_colwidth", 100, "display.width", 200):
         print(table.to_string(index=False))
+    suspicious = flagged(table)
+    print(f"\nIntegrity: {len(suspicious)} of {len(table)} submissions flagged"
+          + (f" ({', '.join(suspicious)}): see the integrity column" if suspicious else "")
+          + f"; student code ran {'in the sandbox' if isolation() == 'sandbox' else 'UNISOLATED: ' + isolation()}")
     print(f"\nWrote {csv}; scores are in {Path(args.course) / 'gradebook.db'} "
           "(`nbgrader export` for grades.csv, `nbgrader generate_feedback` for feedback)")
     return 0

@@ -25,7 +25,7 @@ from . import artifacts, generate, quality, runtime
 from .gguf_convert import bundled_gguf
 from .onnx_graph import file_bytes
 from .parity import chat_ids
-from .paths import building, shared_path
+from .paths import cached_table, shared_path
 
 PROMPT_LENGTHS = (32, 256, 1024)
 NEW_TOKENS = 32          # cached loops
@@ -250,20 +250,15 @@ def run(loaded, lengths=PROMPT_LENGTHS, threads: int | None = None, log=print, p
     Every run is saved; `reuse=True` returns the last one saved for the same model, prompt
     lengths, threads and peers instead of measuring again (autograding a class: the
     benchmark does not depend on the student's code and takes minutes)."""
-    import pandas as pd
-
     threads = threads or runtime.default_threads()
     saved = shared_path("bench", f"{loaded.name}-{'-'.join(map(str, lengths))}-{threads}t"
                                  f"{'-peers' if peers else ''}.csv")
-    with building(saved):
-        if reuse and saved.is_file():
-            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(saved.stat().st_mtime))
-            log(f"reusing the benchmark measured on this machine at {when} ({saved})")
-            return pd.read_csv(saved)
-        table = _measure(loaded, lengths, threads, log, peers)
-        table.to_csv(saved.with_suffix(".partial"), index=False)
-        saved.with_suffix(".partial").replace(saved)
-    return table
+
+    def reused(path):
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(path.stat().st_mtime))
+        log(f"reusing the benchmark measured on this machine at {when} ({path})")
+
+    return cached_table(saved, lambda: _measure(loaded, lengths, threads, log, peers), reuse, reused)
 
 
 def _measure(loaded, lengths, threads, log, peers):

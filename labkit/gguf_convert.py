@@ -84,6 +84,8 @@ def convert(folder: Path) -> Path:
     fresh.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / MARKER).write_text(json.dumps(_source_stamp(gguf), indent=1))
+    for path in tmp.iterdir():  # safetensors writes 0600; a graded kernel (another uid) must read it
+        path.chmod(0o644)
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
     print(f"Saved {folder}", flush=True)

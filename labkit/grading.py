@@ -33,7 +33,7 @@ from pathlib import Path
 import nbformat
 import psutil
 
-from . import course, paths
+from . import course, paths, referee, sandbox
 
 
 class GradingSetupError(RuntimeError):
@@ -58,6 +58,8 @@ class Job:
     source: dict[str, bytes]
     submission: dict[str, bytes]
     limits: Limits
+    key: bytes = b""        # the course's referee key: the same draws as `nbgrader autograde` in the course
+    course: str = ""        # the course folder, hidden from the student's kernel
 
 
 @dataclass
@@ -69,6 +71,7 @@ class Outcome:
     gradebook: bytes | None = None
     autograded: dict[str, bytes] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    integrity: list[str] = field(default_factory=list)
     log: str = ""
 
 
@@ -111,8 +114,9 @@ def make_jobs(root: Path, assignment: str = course.ASSIGNMENT, students: list[st
         raise GradingSetupError(f"nothing to grade: {root}/submitted/ has no */{assignment}/ folder")
     config, db = (root / "nbgrader_config.py").read_text(), gradebook.read_bytes()
     source = _files(root / "source" / assignment)
-    return [Job(assignment, s, config, db, source, _files(root / "submitted" / s / assignment), limits)
-            for s in students]
+    key = referee.course_key(root)
+    return [Job(assignment, s, config, db, source, _files(root / "submitted" / s / assignment), limits,
+                key, str(root)) for s in students]
 
 
 def _assignment_in(gradebook: Path, assignment: str) -> bool:
@@ -172,6 +176,9 @@ def grade_submission(job: Job) -> Outcome:
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=f"labkit-grade-{job.student}-") as tmp:
         root = Path(tmp)
+        key = root / referee.KEY_FILE
+        key.write_bytes(job.key)
+        key.chmod(0o600)
         (root / "nbgrader_config.py").write_text(
             job.config + f"\nc.Execute.timeout = {int(job.limits.cell_s)}\n")
         (root / "gradebook.db").write_bytes(job.gradebook)
@@ -183,7 +190,8 @@ def grade_submission(job: Job) -> Outcome:
         # The submission's own graphs live and die with its scratch course; what labkit
         # builds the same for everyone is shared by the worker's submissions.
         env = dict(os.environ, LABKIT_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
-                   **{paths.ARTIFACTS_ENV: str(root / "artifacts"), paths.SHARED_ENV: str(paths.shared_dir())})
+                   **{paths.ARTIFACTS_ENV: str(root / "artifacts"), paths.SHARED_ENV: str(paths.shared_dir()),
+                      sandbox.HIDE_ENV: os.pathsep.join(filter(None, [job.course]))})
         code, log, peak = _run_limited(
             [sys.executable, "-m", "nbgrader", "autograde", job.assignment, "--student", job.student,
              "--force"], root, env, job.limits)
@@ -195,7 +203,21 @@ def grade_submission(job: Job) -> Outcome:
             gradebook=(root / "gradebook.db").read_bytes(),
             autograded=_files(graded) if graded.is_dir() else {}, log=log)
         out.problems = problems(root, job, out)
+        out.integrity = integrity(graded)
     return out
+
+
+def integrity(graded: Path) -> list[str]:
+    """What the referee refused or saw, per notebook (from the autograded notebooks), and
+    whether the kernels ran isolated."""
+    found, isolation = [], set()
+    for nb_path in sorted(graded.glob("*.ipynb")):
+        meta = nbformat.read(nb_path, as_version=4).metadata.get("labkit_referee", {})
+        found += meta.get("integrity", [])
+        isolation.add(meta.get("isolation", ""))
+    isolation.discard("sandbox")
+    isolation.discard("")
+    return found + [f"not isolated: {i}" for i in sorted(isolation)]
 
 
 def _forget_earlier_grades(db: Path, assignment: str, student: str) -> None:
@@ -304,8 +326,8 @@ def grade_class(root: Path, assignment: str = course.ASSIGNMENT, students: list[
                 workers: int = 2, scheduler: str | None = None, limits: Limits = Limits(),
                 csv: Path | None = None, progress: bool = True):
     """Grade every submission (or `students`) in parallel; returns the summary DataFrame
-    (student, score, max_score, status, seconds, peak_rss_gb, problems) and writes it as CSV
-    (default `root/grading_summary.csv`)."""
+    (student, score, max_score, status, seconds, peak_rss_gb, problems, integrity) and writes
+    it as CSV (default `root/grading_summary.csv`)."""
     import pandas as pd
     from dask.distributed import Client, LocalCluster, as_completed
     from tqdm.auto import tqdm
@@ -339,7 +361,7 @@ def grade_class(root: Path, assignment: str = course.ASSIGNMENT, students: list[
             rows.append(dict(student=outcome.student, score=score, max_score=max_score,
                              status=outcome.status, seconds=round(outcome.seconds, 1),
                              peak_rss_gb=round(outcome.peak_rss_gb, 2),
-                             problems="; ".join(outcome.problems)))
+                             problems="; ".join(outcome.problems), integrity="; ".join(outcome.integrity)))
             bar.set_postfix_str(f"{outcome.student}: {score:g}/{max_score:g}")
             bar.update()
         bar.close()
@@ -350,3 +372,9 @@ def grade_class(root: Path, assignment: str = course.ASSIGNMENT, students: list[
     table = pd.DataFrame(rows).sort_values("student", ignore_index=True)
     table.to_csv(csv or root / "grading_summary.csv", index=False)
     return table
+
+
+def flagged(table) -> list[str]:
+    """Students whose summary has an integrity note (isolation notes aside)."""
+    notes = table["integrity"].fillna("").str.replace(r"(^|; )not isolated: [^;]*", "", regex=True)
+    return table.loc[notes.str.strip("; ") != "", "student"].tolist()

@@ -1,16 +1,28 @@
-"""Two nbgrader preprocessors the course's nbgrader_config.py switches on.
+"""nbgrader plug-ins the course's nbgrader_config.py switches on.
 
-- `StderrIsNotAFailure` (autograde): nbgrader zeroes a graded cell that wrote anything to
-  stderr. A warning from a library, or a debugging print of the student's, is not a failed
-  check; our checks fail by raising. Runs after execution, before the scores are saved.
-- `HideHiddenTests` (generate_feedback): nbgrader copies hidden tests into the feedback it
-  gives students, and an assertion's traceback quotes the hidden line. This removes the
-  hidden regions and shortens those tracebacks to the check's own message.
+Autograde, in order:
+- `PrepareShared`: builds what the notebook reads from the shared artifacts (the kernel cannot).
+- `SandboxedKernelManager` (Execute's kernel manager): the student's kernel in `labkit.sandbox`.
+- `StderrIsNotAFailure`: nbgrader zeroes a graded cell that wrote anything to stderr; a library
+  warning or a debugging print is not a failed check. Only a raised error costs points.
+- `Referee`: each graded cell's score from `labkit.referee`'s verdict, computed outside the
+  kernel, replacing what the kernel's own checks showed.
+
+Feedback: `HideHiddenTests` removes hidden regions (the lab has none left; an instructor's own
+may) and shortens failed checks' tracebacks to their message.
 """
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
+import nbformat
+from jupyter_client.manager import AsyncKernelManager
 from nbgrader.preprocessors import ClearHiddenTests, NbGraderPreprocessor
 from nbgrader.utils import is_grade, is_solution
+
+from . import paths, sandbox
 
 
 def _is_check(cell) -> bool:
@@ -42,3 +54,86 @@ class HideHiddenTests(ClearHiddenTests):
             if output.output_type == "error":
                 output.traceback = [f"{output.ename}: {output.evalue}"]
         return cell, resources
+
+
+class SandboxedKernelManager(AsyncKernelManager):
+    """The student's kernel, started through `labkit.sandbox` where isolation is possible:
+    talking to nbgrader over Unix sockets in a folder of its own (the sandbox has no
+    network), with a private artifacts folder and home, the shared artifacts read-only."""
+
+    async def _async_pre_start_kernel(self, **kw):
+        cwd = Path(kw.get("cwd") or os.getcwd()).resolve()
+        self._sandbox = None
+        if sandbox.isolation() == "sandbox":
+            sockets = Path(tempfile.mkdtemp(prefix="lk-"))  # short: a socket path has at most 107 bytes
+            self.transport, self.ip = "ipc", str(sockets / "k")
+            self.connection_file = str(sockets / "kernel.json")
+            self._sandbox = sandbox.spec_for(
+                cwd, writable={str(sockets): sockets, f"{sandbox.MOUNT_ROOT}/artifacts": _artifacts_for(cwd)},
+                env={paths.ARTIFACTS_ENV: f"{sandbox.MOUNT_ROOT}/artifacts"})
+            self._sandbox["cleanup"].append(str(sockets))
+        return await super()._async_pre_start_kernel(**kw)
+
+    def format_kernel_cmd(self, extra_arguments=None):
+        cmd = super().format_kernel_cmd(extra_arguments)
+        return sandbox.command(cmd, self._sandbox) if self._sandbox else cmd
+
+    async def _async_cleanup_resources(self, restart: bool = False) -> None:
+        await super()._async_cleanup_resources(restart)
+        if self._sandbox and not restart:
+            sandbox.cleanup(self._sandbox)
+
+
+def _artifacts_for(cwd: Path) -> Path:
+    """The submission's own artifacts: `$LABKIT_ARTIFACTS` as `labkit grade` sets it for each
+    submission; under a plain `nbgrader autograde`, a folder per student in the temporary
+    folder (the notebooks of one submission run one after another and share it)."""
+    explicit = os.environ.get(paths.ARTIFACTS_ENV)
+    if explicit:
+        return Path(explicit)
+    return Path(tempfile.gettempdir()) / f"labkit-artifacts-{cwd.parent.name}"
+
+
+class Referee(NbGraderPreprocessor):
+    """Autograde: each graded cell's score from `labkit.referee`'s verdict, computed outside
+    the student's kernel, instead of from what the kernel printed. The kernel's own errors are
+    removed from graded cells; a failed verdict adds one with the referee's message. What the
+    referee refused is kept in the notebook's metadata (`labkit_referee`) for the summary.
+    Runs after execution and after the metadata is cleared, before the scores are saved."""
+
+    def preprocess(self, nb, resources):
+        from . import referee
+
+        name = resources.get("unique_key") or ""
+        student = resources.get("nbgrader", {}).get("student", "")
+        folder = Path(resources.get("metadata", {}).get("path") or os.getcwd()).resolve()
+        root = sandbox.course_root(folder) or folder
+        report = referee.grade_notebook(name, nb, referee.seed(referee.course_key(root), student, name), student)
+        if not report.verdicts and name not in referee.known_notebooks():
+            return nb, resources  # not one of the lab's notebooks: nbgrader's own grading stands
+        for cell in nb.cells:
+            if not _is_check(cell):
+                continue
+            grade_id = cell.metadata["nbgrader"]["grade_id"]
+            verdict = report.verdicts.get(grade_id, referee.Verdict(False, "the referee has no check for this cell"))
+            cell.outputs = [o for o in cell.get("outputs", []) if o.output_type != "error"]
+            if verdict.passed:
+                cell.outputs.append(nbformat.v4.new_output(
+                    "stream", name="stdout", text="[referee] passed (graded outside your kernel)\n"))
+            else:
+                cell.outputs.append(nbformat.v4.new_output(
+                    "error", ename="AssertionError", evalue=verdict.message,
+                    traceback=[f"AssertionError: {verdict.message}"]))
+        nb.metadata["labkit_referee"] = {"integrity": report.integrity, "isolation": report.isolation}
+        return nb, resources
+
+
+class PrepareShared(NbGraderPreprocessor):
+    """Autograde, before execution: what the notebook reads from the shared artifacts is built
+    here, in nbgrader's (trusted) process, since the sandboxed kernel cannot write there."""
+
+    def preprocess(self, nb, resources):
+        from . import referee
+
+        referee.prepare(resources.get("unique_key") or "")
+        return nb, resources

@@ -80,8 +80,42 @@ def building(target: Path):
 
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(target.with_name(target.name + ".lock")):
+    lock = FileLock(target.with_name(target.name + ".lock"))
+    try:
+        lock.acquire()
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EROFS, errno.EPERM):
+            raise
+        # A read-only folder (the shared artifacts, as a graded kernel sees them): nobody here
+        # can build in it, so what is there is what there is.
         yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def cached_table(path: Path, compute, reuse: bool = True, on_reuse=None):
+    """The CSV table at `path` if there is one (and `reuse`), else `compute()`'s, saved there
+    under the lock. In a read-only folder (the shared artifacts, as a graded kernel sees them)
+    the table is computed and not kept."""
+    import pandas as pd
+
+    path = Path(path)
+    with building(path):
+        if reuse and path.is_file():
+            if on_reuse:
+                on_reuse(path)
+            return pd.read_csv(path)
+        table = compute()
+        try:
+            table.to_csv(path.with_suffix(".partial"), index=False)
+            path.with_suffix(".partial").replace(path)
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EROFS, errno.EPERM):
+                raise
+    return table
 
 
 def check_writable(out_dir: Path, needed_bytes: int, error: type[Exception]) -> None:
@@ -121,6 +155,8 @@ def staged_dir(out_dir: str | Path, error: type[Exception]):
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
+    for path in partial.rglob("*"):  # some writers make 0600 files; a graded kernel (another uid) reads them
+        path.chmod(0o755 if path.is_dir() else 0o644)
     old = out_dir.with_name(out_dir.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if out_dir.exists():

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .paths import building, shared_path
+from .paths import cached_table, shared_path
 
 
 def _linears(model: torch.nn.Module, pattern: str) -> dict[str, torch.nn.Linear]:
@@ -114,13 +114,7 @@ def scan(model: torch.nn.Module, feeds: list[dict], pattern: str = r"mlp\.down_p
     by the weights and feeds themselves: the same inputs are never scanned twice (every
     submission of a class grades the same scan)."""
     saved = shared_path("sensitivity", _scan_key(model, feeds, pattern, eval_feeds) + ".csv")
-    with building(saved):
-        if saved.is_file():
-            return pd.read_csv(saved)
-        table = _scan(model, feeds, pattern, eval_feeds)
-        table.to_csv(saved.with_suffix(".partial"), index=False)
-        saved.with_suffix(".partial").replace(saved)
-    return table
+    return cached_table(saved, lambda: _scan(model, feeds, pattern, eval_feeds))
 
 
 def _scan(model, feeds, pattern, eval_feeds) -> pd.DataFrame:

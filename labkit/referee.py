@@ -1,0 +1,328 @@
+"""The referee: grades computed where the student's code cannot reach.
+
+nbgrader runs a submission's notebook in a Jupyter kernel, and the graded cells' checks run
+in that same kernel: code in a solution cell can replace the checks, hide their errors or
+call labkit's own implementation of the task. So the checks in the notebook are the
+student's instant feedback, and the points come from here, after the notebook has run:
+
+- the referee process (nbgrader's, never the student's) starts a fresh child interpreter
+  (`labkit.referee_child`, in the sandbox when grading as root) that runs only the student's
+  cells, with labkit's answers to the notebook's tasks disarmed (`labkit.lockdown`);
+- it asks the child for the student's functions' results on inputs it draws itself (per
+  student and notebook, from a key the student never sees), and computes the reference
+  here, from graphs it built itself, in a folder the sandbox cannot read;
+- each graded cell's verdict is one task of `labkit.verdicts`; nbgrader's score for the cell
+  is set from it (`nbgrader_plugins.Referee`).
+
+A child's reply is data, never code: all it can do is give a right or a wrong answer.
+"""
+from __future__ import annotations
+
+import atexit
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import selectors
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import integrity, lockdown, paths, sandbox, wire
+
+KEY_FILE = ".labkit-referee-key"   # in the course folder: the secret the inputs are drawn from
+CHILD_START_S = 300.0              # importing torch and labkit, loading a model, running the cells
+PROBE_S = 300.0                    # one probe
+
+
+class ChildGone(AssertionError):
+    """The child stopped answering (it exited, or a probe took too long)."""
+
+
+@dataclass
+class Verdict:
+    passed: bool
+    message: str = ""
+
+
+@dataclass
+class Report:
+    verdicts: dict[str, Verdict] = field(default_factory=dict)
+    integrity: list[str] = field(default_factory=list)   # what the referee saw that it refused
+    isolation: str = ""
+
+
+# ---------------------------------------------------------------- the secret and the seed
+
+def course_key(course_root: Path) -> bytes:
+    """The course's referee key, made on first use, readable only by its owner."""
+    path = Path(course_root) / KEY_FILE
+    if not path.is_file():
+        with contextlib.suppress(FileExistsError):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+    return path.read_text().strip().encode()
+
+
+def seed(key: bytes, student: str, notebook: str) -> int:
+    """The same draws for the same student and notebook (a regrade gives the same score)."""
+    return int.from_bytes(hashlib.sha256(key + f"\0{student}\0{notebook}".encode()).digest()[:8], "little")
+
+
+def private_dir() -> Path:
+    """The referee's own folder (reference graphs and answers): owner-only, so a sandboxed
+    kernel, which sees the shared artifacts read-only, cannot even list it."""
+    folder = paths.shared_dir() / "referee"
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    return folder
+
+
+@contextlib.contextmanager
+def trusted_artifacts():
+    """labkit's builders write the students' graph variants (fp32, int8) to the shared folder's
+    `reference/` while in this block: the submission's own artifacts folder is the student's to
+    write, so nothing in it can be a reference. The sandbox sees `reference/` read-only."""
+    before = {name: os.environ.get(name) for name in (paths.ARTIFACTS_ENV, paths.SHARED_ENV)}
+    shared = paths.shared_dir()
+    os.environ.update({paths.SHARED_ENV: str(shared), paths.ARTIFACTS_ENV: str(shared / "reference")})
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+# ---------------------------------------------------------------- the child
+
+@dataclass
+class Reply:
+    ok: bool
+    value: object = None
+    error: str = ""
+    hits: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class Child:
+    """A fresh interpreter running one submission's cells, notebook after notebook, asked one
+    probe at a time. It is started with every notebook's answers disarmed."""
+
+    def __init__(self, forbidden: list[str]):
+        self.workdir = Path(tempfile.mkdtemp(prefix="labkit-referee-"))
+        self.hits: list[str] = []
+        self.cells: list[dict] = []
+        self.stripped = Path(tempfile.mkdtemp(prefix="labkit-stripped-"))
+        package = lockdown.strip(forbidden, self.stripped)
+        isolated = sandbox.isolation() == "sandbox"
+        self.spec = sandbox.spec_for(self.workdir, package=package)
+        env = dict(os.environ)
+        if not isolated:  # the copy comes first on the path (labkit's editable finder comes last)
+            env["PYTHONPATH"] = os.pathsep.join([str(self.stripped), *filter(None, [env.get("PYTHONPATH")])])
+        read, write = os.pipe()
+        cmd = sandbox.command([sys.executable, "-m", "labkit.referee_child", str(write)], self.spec)
+        self.log = open(self.workdir / "child.log", "w+")  # the child's own prints, for the instructor
+        self.proc = subprocess.Popen(cmd, cwd=self.workdir, stdin=subprocess.PIPE, stdout=self.log,
+                                     stderr=subprocess.STDOUT, pass_fds=(write,), start_new_session=True,
+                                     text=True, env=env)
+        os.close(write)
+        self.replies = os.fdopen(read, "rb")
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.replies, selectors.EVENT_READ)
+        self.buffer = b""
+        self._send({"guard": None if isolated else str(lockdown.PACKAGE)})
+        self._receive(CHILD_START_S)
+
+    def notebook(self, prelude: str, context: dict, cells: list[str]) -> None:
+        """Run the next notebook's prelude and the student's cells in a fresh namespace."""
+        self.hits = []
+        self._send({"prelude": prelude, "context": wire.encode(context), "cells": cells})
+        self.cells = self._receive(CHILD_START_S)["cells"]
+        for cell in self.cells:
+            self.hits += [str(h) for h in cell["hits"]][:20]
+
+    def _send(self, message: dict) -> None:
+        try:
+            self.proc.stdin.write(wire.dumps(message) + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError) as exc:
+            raise ChildGone(self._gone()) from exc
+
+    def _gone(self) -> str:
+        try:
+            code = self.proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            return "your code did not finish in time"
+        self.log.seek(0)
+        last = [line for line in self.log.read()[-2000:].splitlines() if line.strip()][-1:]
+        return f"the grading process ended (exit code {code}{': ' + last[0][:200] if last else ''})"
+
+    def _receive(self, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buffer:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.selector.select(left):
+                self.close()
+                raise ChildGone(self._gone() + f" (limit {timeout:.0f} s)")
+            chunk = os.read(self.replies.fileno(), 1 << 20)
+            if not chunk:
+                raise ChildGone(self._gone())
+            self.buffer += chunk
+            if len(self.buffer) > wire.MAX_LINE:
+                self.close()
+                raise ChildGone("your code returned more data than the grader accepts")
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        try:
+            message = json.loads(line)
+            if not isinstance(message, dict):
+                raise ValueError
+            return message
+        except ValueError as exc:
+            self.close()
+            raise ChildGone("the grading process's reply was garbled (did your code write to its channel?)") from exc
+
+    def run(self, code: str, timeout: float = PROBE_S, **inputs) -> Reply:
+        """Evaluate `code` (an expression over the student's names; `probe` holds `inputs`)."""
+        started = time.perf_counter()
+        self._send({"code": code, "inputs": wire.encode(inputs)})
+        message = self._receive(timeout)
+        seconds = time.perf_counter() - started
+        hits = [str(h) for h in message.get("hits", [])][:20]
+        self.hits += hits
+        try:
+            value = wire.decode(message.get("value"))
+        except (ValueError, TypeError, KeyError):
+            value, message = None, {"ok": False, "error": "a value the grader cannot read"}
+        return Reply(bool(message.get("ok")), value, str(message.get("error", ""))[:2000], hits, seconds)
+
+    def value(self, code: str, what: str, timeout: float = PROBE_S, **inputs):
+        """The probe's value; a failed probe fails the task with what raised."""
+        reply = self.run(code, timeout, **inputs)
+        if not reply.ok:
+            raise AssertionError(f"{what} raised {reply.error}{self.cell_note()}")
+        return reply.value
+
+    def cell_note(self) -> str:
+        failed = [f"cell {i + 1}: {c['error']}" for i, c in enumerate(self.cells) if not c["ok"]]
+        return f" (when your cells were run again: {failed[0]})" if failed else ""
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, 9)
+            self.proc.wait()
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()
+        self.log.close()
+        sandbox.cleanup(self.spec)
+
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        shutil.rmtree(self.stripped, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# ---------------------------------------------------------------- grading a notebook
+
+def known_notebooks() -> set[str]:
+    from . import verdicts
+
+    return set(verdicts.NOTEBOOKS)
+
+
+def student_cells(nb) -> list[str]:
+    """The code the student wrote: solution cells and cells they added, in order."""
+    cells = []
+    for cell in nb.cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if cell.cell_type == "code" and (meta.get("solution") or not meta):
+            cells.append(cell.source)
+    return cells
+
+
+def prepare(name: str) -> None:
+    """Build, in this trusted process, what notebook `name`'s kernel will read from the shared
+    folder: the sandboxed kernel sees that folder read-only."""
+    from . import verdicts
+
+    spec = verdicts.NOTEBOOKS.get(name)
+    if spec is not None and spec.prepare is not None:
+        with trusted_artifacts():
+            spec.prepare()
+
+
+_CHILDREN: dict[str, Child] = {}  # one per submission, for all its notebooks (starting one costs ~6 s)
+
+
+def child_for(student: str) -> Child:
+    """The submission's child, started on its first notebook; a child that died is replaced."""
+    from . import verdicts
+
+    child = _CHILDREN.get(student)
+    if child is None or child.proc.poll() is not None:
+        for other in list(_CHILDREN):  # nbgrader grades one submission after another
+            _CHILDREN.pop(other).close()
+        child = _CHILDREN[student] = Child(verdicts.forbidden())
+    return child
+
+
+atexit.register(lambda: [c.close() for c in _CHILDREN.values()])
+
+
+def grade_notebook(name: str, nb, draw_seed: int, student: str = "") -> Report:
+    """The verdict of every graded cell of notebook `name` (e.g. '01_env') the referee knows."""
+    import numpy as np
+
+    from . import verdicts
+
+    report = Report(isolation=sandbox.isolation())
+    spec = verdicts.NOTEBOOKS.get(name)
+    if spec is None:
+        return report
+    rng = np.random.default_rng(draw_seed)
+    with trusted_artifacts():
+        ctx = spec.context(rng)
+    try:
+        child = child_for(student)
+        child.notebook(spec.prelude, ctx.for_child, student_cells(nb))
+    except ChildGone as exc:
+        report.verdicts = {gid: Verdict(False, str(exc)) for gid in spec.tasks}
+        return report
+    with tempfile.TemporaryDirectory(prefix="labkit-referee-") as scratch:
+        ctx.scratch = Path(scratch)
+        for grade_id, task in spec.tasks.items():
+            before = len(child.hits)
+            try:
+                with trusted_artifacts():
+                    task(child, ctx)
+                verdict = Verdict(True)
+            except AssertionError as exc:
+                verdict = Verdict(False, str(exc))
+            reached = child.hits[before:]
+            if reached:
+                verdict = Verdict(False, f"your code called {reached[0]}, one of labkit's reference answers, which "
+                                         "are switched off while grading: write this task yourself. (你的代码调用了 "
+                                         f"{reached[0]}，它是 labkit 的参考答案，评分时不可用：请自己实现本任务。)")
+            report.verdicts[grade_id] = verdict
+    report.integrity = _integrity(name, child) + [f"{name}: {sign}" for sign in integrity.scan(student_cells(nb))]
+    return report
+
+
+def _integrity(name: str, child: Child) -> list[str]:
+    found = [f"{name}: called {h}" for h in dict.fromkeys(child.hits)]
+    found += [f"{name}: cell {i + 1} refused ({c['error'][:120]})" for i, c in enumerate(child.cells)
+              if not c["ok"] and "not allowed while grading" in c["error"]]
+    return found
