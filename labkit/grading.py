@@ -180,7 +180,7 @@ def grade_submission(job: Job) -> Outcome:
         key.write_bytes(job.key)
         key.chmod(0o600)
         (root / "nbgrader_config.py").write_text(
-            job.config + f"\nc.Execute.timeout = {int(job.limits.cell_s)}\n")
+            job.config + f"\nc.Execute.timeout = {int(job.limits.cell_s)}\nc.Referee.cell_timeout = {int(job.limits.cell_s)}\n")
         (root / "gradebook.db").write_bytes(job.gradebook)
         _forget_earlier_grades(root / "gradebook.db", job.assignment, job.student)
         _write_files(root / "source" / job.assignment, job.source)

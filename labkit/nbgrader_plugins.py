@@ -21,6 +21,7 @@ import nbformat
 from jupyter_client.manager import AsyncKernelManager
 from nbgrader.preprocessors import ClearHiddenTests, NbGraderPreprocessor
 from nbgrader.utils import is_grade, is_solution
+from traitlets import Integer
 
 from . import paths, sandbox
 
@@ -68,8 +69,11 @@ class SandboxedKernelManager(AsyncKernelManager):
             sockets = Path(tempfile.mkdtemp(prefix="lk-"))  # short: a socket path has at most 107 bytes
             self.transport, self.ip = "ipc", str(sockets / "k")
             self.connection_file = str(sockets / "kernel.json")
+            artifacts = _artifacts_for(cwd)
+            # One home for the submission's notebooks: matplotlib's font cache is built once.
             self._sandbox = sandbox.spec_for(
-                cwd, writable={str(sockets): sockets, f"{sandbox.MOUNT_ROOT}/artifacts": _artifacts_for(cwd)},
+                cwd, writable={str(sockets): sockets, f"{sandbox.MOUNT_ROOT}/artifacts": artifacts,
+                               f"{sandbox.MOUNT_ROOT}/home": artifacts / ".home"},
                 env={paths.ARTIFACTS_ENV: f"{sandbox.MOUNT_ROOT}/artifacts"})
             self._sandbox["cleanup"].append(str(sockets))
         return await super()._async_pre_start_kernel(**kw)
@@ -101,6 +105,8 @@ class Referee(NbGraderPreprocessor):
     referee refused is kept in the notebook's metadata (`labkit_referee`) for the summary.
     Runs after execution and after the metadata is cleared, before the scores are saved."""
 
+    cell_timeout = Integer(120, help="seconds for one student cell when the referee runs it again").tag(config=True)
+
     def preprocess(self, nb, resources):
         from . import referee
 
@@ -108,7 +114,8 @@ class Referee(NbGraderPreprocessor):
         student = resources.get("nbgrader", {}).get("student", "")
         folder = Path(resources.get("metadata", {}).get("path") or os.getcwd()).resolve()
         root = sandbox.course_root(folder) or folder
-        report = referee.grade_notebook(name, nb, referee.seed(referee.course_key(root), student, name), student)
+        report = referee.grade_notebook(name, nb, referee.seed(referee.course_key(root), student, name), student,
+                                         self.cell_timeout)
         if not report.verdicts and name not in referee.known_notebooks():
             return nb, resources  # not one of the lab's notebooks: nbgrader's own grading stands
         for cell in nb.cells:

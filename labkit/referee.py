@@ -7,10 +7,13 @@ student's instant feedback, and the points come from here, after the notebook ha
 
 - the referee process (nbgrader's, never the student's) starts a fresh child interpreter
   (`labkit.referee_child`, in the sandbox when grading as root) that runs only the student's
-  cells, with labkit's answers to the notebook's tasks disarmed (`labkit.lockdown`);
+  cells, importing a labkit without the tasks' answers (`labkit.lockdown`); one child serves
+  all of a submission's notebooks, each in a fresh namespace;
 - it asks the child for the student's functions' results on inputs it draws itself (per
   student and notebook, from a key the student never sees), and computes the reference
-  here, from graphs it built itself, in a folder the sandbox cannot read;
+  here, from graphs it built itself (`reference/` in the shared folder, which the sandbox
+  reads but cannot write; recipe builds and their verdicts in `referee/`, which it cannot
+  even read);
 - each graded cell's verdict is one task of `labkit.verdicts`; nbgrader's score for the cell
   is set from it (`nbgrader_plugins.Referee`).
 
@@ -36,8 +39,10 @@ from pathlib import Path
 from . import integrity, lockdown, paths, sandbox, wire
 
 KEY_FILE = ".labkit-referee-key"   # in the course folder: the secret the inputs are drawn from
-CHILD_START_S = 300.0              # importing torch and labkit, loading a model, running the cells
+CHILD_START_S = 120.0              # importing torch and labkit
+CELL_S = 120.0                     # one student cell in the child (nbgrader's cell timeout when set)
 PROBE_S = 300.0                    # one probe
+GRACE_S = 60.0                     # beyond the child's own limits, before the referee stops it
 
 
 class ChildGone(AssertionError):
@@ -142,11 +147,11 @@ class Child:
         self._send({"guard": None if isolated else str(lockdown.PACKAGE)})
         self._receive(CHILD_START_S)
 
-    def notebook(self, prelude: str, context: dict, cells: list[str]) -> None:
+    def notebook(self, prelude: str, context: dict, cells: list[str], cell_s: float = CELL_S) -> None:
         """Run the next notebook's prelude and the student's cells in a fresh namespace."""
         self.hits = []
-        self._send({"prelude": prelude, "context": wire.encode(context), "cells": cells})
-        self.cells = self._receive(CHILD_START_S)["cells"]
+        self._send({"prelude": prelude, "context": wire.encode(context), "cells": cells, "cell_s": cell_s})
+        self.cells = self._receive(CHILD_START_S + cell_s * len(cells) + GRACE_S)["cells"]
         for cell in self.cells:
             self.hits += [str(h) for h in cell["hits"]][:20]
 
@@ -193,8 +198,8 @@ class Child:
     def run(self, code: str, timeout: float = PROBE_S, **inputs) -> Reply:
         """Evaluate `code` (an expression over the student's names; `probe` holds `inputs`)."""
         started = time.perf_counter()
-        self._send({"code": code, "inputs": wire.encode(inputs)})
-        message = self._receive(timeout)
+        self._send({"code": code, "inputs": wire.encode(inputs), "seconds": timeout})
+        message = self._receive(timeout + GRACE_S)
         seconds = time.perf_counter() - started
         hits = [str(h) for h in message.get("hits", [])][:20]
         self.hits += hits
@@ -282,7 +287,7 @@ def child_for(student: str) -> Child:
 atexit.register(lambda: [c.close() for c in _CHILDREN.values()])
 
 
-def grade_notebook(name: str, nb, draw_seed: int, student: str = "") -> Report:
+def grade_notebook(name: str, nb, draw_seed: int, student: str = "", cell_s: float = CELL_S) -> Report:
     """The verdict of every graded cell of notebook `name` (e.g. '01_env') the referee knows."""
     import numpy as np
 
@@ -297,7 +302,7 @@ def grade_notebook(name: str, nb, draw_seed: int, student: str = "") -> Report:
         ctx = spec.context(rng)
     try:
         child = child_for(student)
-        child.notebook(spec.prelude, ctx.for_child, student_cells(nb))
+        child.notebook(spec.prelude, ctx.for_child, student_cells(nb), cell_s)
     except ChildGone as exc:
         report.verdicts = {gid: Verdict(False, str(exc)) for gid in spec.tasks}
         return report

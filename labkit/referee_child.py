@@ -11,8 +11,10 @@ right or wrong answer.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
 import traceback
 
@@ -27,6 +29,22 @@ def _error(exc: BaseException) -> str:
     return f"{type(exc).__name__}{': ' + message[0][:300] if message else ''}{where}"
 
 
+@contextlib.contextmanager
+def _time_limit(seconds: float):
+    """TimeoutError in the student's code after `seconds` (an honest endless loop costs one
+    cell or probe; code that defeats this is stopped by the referee's own deadline)."""
+    def expire(*_):
+        raise TimeoutError(f"stopped after {seconds:.0f} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def _run_cells(setup: dict) -> tuple[dict, list[dict]]:
     """A fresh namespace: the notebook's trusted prelude, then the student's cells."""
     namespace = {"__name__": "__main__", "context": wire.decode(setup["context"])}
@@ -39,7 +57,8 @@ def _run_cells(setup: dict) -> tuple[dict, list[dict]]:
     for i, code in enumerate(setup["cells"]):
         before = len(lockdown.HITS)
         try:
-            exec(compile(code, f"<cell {i + 1}>", "exec"), namespace)
+            with _time_limit(setup["cell_s"]):
+                exec(compile(code, f"<cell {i + 1}>", "exec"), namespace)
             cells.append({"ok": True})
         except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt too: the cell failed
             cells.append({"ok": False, "error": _error(exc)})
@@ -64,7 +83,8 @@ def main(fd: int) -> None:
         namespace["probe"] = wire.decode(message["inputs"])
         before = len(lockdown.HITS)
         try:
-            value = eval(compile(message["code"], "<probe>", "eval"), namespace)
+            with _time_limit(message["seconds"]):
+                value = eval(compile(message["code"], "<probe>", "eval"), namespace)
             reply = {"ok": True, "value": wire.encode(value)}
         except BaseException as exc:  # noqa: BLE001
             reply = {"ok": False, "error": _error(exc)}

@@ -77,8 +77,11 @@ def spec_for(cwd: Path, writable: dict[str, Path] | None = None, readable: dict[
     writable = dict(writable or {})
     readable = dict(readable or {})
     readable.setdefault(f"{MOUNT_ROOT}/shared", paths.shared_dir())
-    home = Path(tempfile.mkdtemp(prefix="labkit-home-"))
-    writable.setdefault(f"{MOUNT_ROOT}/home", home)
+    cleanup = []
+    if f"{MOUNT_ROOT}/home" not in writable:
+        home = Path(tempfile.mkdtemp(prefix="labkit-home-"))
+        writable[f"{MOUNT_ROOT}/home"] = home
+        cleanup.append(str(home))
     env = dict(env or {})
     env.setdefault("HOME", f"{MOUNT_ROOT}/home")
     env.setdefault("TMPDIR", "/tmp")
@@ -101,7 +104,7 @@ def spec_for(cwd: Path, writable: dict[str, Path] | None = None, readable: dict[
     # A kept path under a folder others cannot enter (root's home holds pyenv's Python) is
     # reachable only if that folder is replaced by a tmpfs in which the bind recreates the path.
     hide += [str(parent) for p in keep for parent in Path(p).parents if not os.stat(parent).st_mode & 0o001]
-    return {"cwd": str(cwd), "hide": hide, "env": env, "cleanup": [str(home)],
+    return {"cwd": str(cwd), "hide": hide, "env": env, "cleanup": cleanup,
             "rw": {k: str(v) for k, v in writable.items()}, "ro": {k: str(v) for k, v in readable.items()}}
 
 

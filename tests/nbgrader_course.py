@@ -13,7 +13,7 @@ def graded_points(source_nb: Path) -> dict[str, float]:
 
 
 def solution_lines(source_nb: Path) -> list[str]:
-    """Lines that only the solution and hidden-test regions of a source notebook
+    """Lines that only the solution (and any hidden-test) regions of a source notebook
     contain: the text that must never reach a student."""
     text = "\n".join(c.source for c in nbformat.read(source_nb, as_version=4).cells)
     region = re.compile(r"### BEGIN (?:SOLUTION|HIDDEN TESTS)\n(.*?)### END[^\n]*", re.S)
@@ -36,10 +36,3 @@ def edit_cell(path: Path, grade_id: str, *, source: str | None = None, cell_type
         if cell_type == "markdown":
             nb.cells[index] = nbformat.v4.new_markdown_cell(cell.source, id=cell.id, metadata=cell.metadata)
     nbformat.write(nb, path)
-
-
-def hidden_test_lines(source_nb: Path) -> list[str]:
-    """The lines of a source notebook's hidden tests (longer than 12 characters)."""
-    text = "\n".join(c.source for c in nbformat.read(source_nb, as_version=4).cells)
-    region = re.compile(r"### BEGIN HIDDEN TESTS\n(.*?)### END HIDDEN TESTS", re.S)
-    return [line.strip() for r in region.findall(text) for line in r.splitlines() if len(line.strip()) > 12]

@@ -3,15 +3,13 @@ built for it, graded in parallel on a Dask LocalCluster of two worker processes,
 the course gradebook and checked against the score it should get."""
 import html
 import re
-import shutil
-import uuid
 
 import nbformat
 import pytest
 from nbgrader.api import Gradebook
 
-from labkit import course, grading, paths
-from nbgrader_course import edit_cell, hidden_test_lines
+from labkit import course, grading
+from nbgrader_course import edit_cell, solution_lines
 
 pytestmark = pytest.mark.slow
 NB = "01_env.ipynb"
@@ -65,62 +63,110 @@ def count_tokens(tokenizer, text: str) -> int:
     print("debug: counting", file=sys.stderr)
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 """
-MEETING = uuid.uuid4().hex
 
 
-def writes_artifacts(me: str, other: str) -> str:
-    """Two submissions graded at the same moment each write their name to the same file of
-    their artifacts folder; each must read back its own, as on a student's own machine."""
+def writes_artifacts(me: str) -> str:
+    """A submission that writes its name to the same file of its artifacts folder as another
+    one graded at the same moment, waits, and must read back its own; it also lists what it
+    can see of the other submissions' scratch courses (nothing)."""
     return f"""\
-import time
+import glob, os, tempfile, time
 from labkit import paths
 
-def wait_for(flag):
-    for _ in range(100):
-        if flag.exists():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{{flag.name}} never came: the two were not graded at the same time")
-
-meeting = paths.shared_dir() / "meeting-{MEETING}"
-meeting.mkdir(exist_ok=True)
-(meeting / "{me}-started").touch()
-wait_for(meeting / "{other}-started")
+started = time.time()
 (paths.artifacts_dir() / "mine.txt").write_text("{me}")
-(meeting / "{me}-wrote").touch()
-wait_for(meeting / "{other}-wrote")
+time.sleep(8)
 assert (paths.artifacts_dir() / "mine.txt").read_text() == "{me}", "another submission overwrote my file"
+others = [p for p in glob.glob(os.path.join(tempfile.gettempdir(), "labkit-grade-*")) if not os.getcwd().startswith(p)]
+print("WINDOW", started, time.time(), "OTHERS", others)
 """ + OTHER_WEIGHT_BYTES
 
 
-# student: (answers written into the solution cells, edits to the notebook, score, problems)
+ANSWER_HUNT = """\
+import glob, os, tempfile
+import labkit
+places = {tempfile.gettempdir(), os.path.abspath("../../.."), os.path.dirname(os.path.dirname(labkit.__file__))}
+places.discard("/")  # not the whole disk: that hunt would outlast the cell's time limit
+found = []
+for place in places:
+    for pattern in ("source/**/*.ipynb", "**/gradebook.db", "**/submitted/**/*.ipynb", "**/.labkit-referee-key"):
+        found += glob.glob(os.path.join(place, pattern), recursive=True)
+for path in found:
+    try:
+        print(path, open(path, errors="replace").read()[:20000])
+    except OSError as exc:
+        print(path, exc)
+print("FOUND", len(found))
+""" + OTHER_WEIGHT_BYTES
+DELEGATE_PARAM_COUNT = {
+    "direct": "import labkit\nqwen3_param_count = labkit.param_count\n",
+    "alias": "from labkit.models import param_count as counted\n\n\ndef qwen3_param_count(cfg):\n"
+             "    return counted(cfg)\n",
+    "getattr": "import labkit\n\n\ndef qwen3_param_count(cfg):\n    return getattr(labkit, 'param' + '_count')(cfg)\n",
+    "reload": "import importlib\nimport labkit.models\n\n\ndef qwen3_param_count(cfg):\n"
+              "    return importlib.reload(labkit.models).param_count(cfg)\n",
+    "source": "import sys, types\nimport labkit.models\ncopy = sys.modules['labkit.copy'] = types.ModuleType('labkit.copy')\n"
+              "copy.__package__ = 'labkit'\nexec(open(labkit.models.__file__).read(), copy.__dict__)\n"
+              "qwen3_param_count = copy.param_count\n",
+}
+TAMPER_CHECKS = """\
+import labkit.checks
+for name in dir(labkit.checks):
+    if callable(getattr(labkit.checks, name)) and not name.startswith("_"):
+        setattr(labkit.checks, name, lambda *args, **kwargs: None)
+""" + WRONG_WEIGHT_BYTES
+HIDE_ERRORS = """\
+import sys
+from IPython import get_ipython
+
+get_ipython().set_custom_exc((BaseException,), lambda *args, **kwargs: None)
+sys.excepthook = lambda *args: None
+""" + WRONG_WEIGHT_BYTES
+WEIGHT_BYTES_MESSAGE = "fp16 stores each weight in 2 bytes"
+
+# student: (answers written into the solution cells, edits to the notebook, score,
+#           problems and integrity notes: substrings of the summary's; none expected when empty)
 CASES = {
-    "solver": ({}, [], 7, []),
+    "solver": ({}, [], 7, [], []),
+    "blank": ("blank", [], 0, ["test-weight-bytes: AssertionError"], []),
     "different": ({"weight-bytes": OTHER_WEIGHT_BYTES, "param-count": OTHER_PARAM_COUNT,
-                   "count-tokens": OTHER_COUNT_TOKENS}, [], 7, []),
-    "deleted_test": ({}, [("test-weight-bytes", dict(delete=True))], 7, []),
+                   "count-tokens": OTHER_COUNT_TOKENS}, [], 7, [], []),
+    "deleted_test": ({}, [("test-weight-bytes", dict(delete=True))], 7, [], []),
     "edited_test": ({"weight-bytes": WRONG_WEIGHT_BYTES},
                     [("test-weight-bytes", dict(source="assert True"))], 5,
-                    ["test-weight-bytes: AssertionError: FP16 stores each weight in 2 bytes"]),
-    "markdown_test": ({}, [("test-param-count", dict(cell_type="markdown"))], 7, []),
-    "renamed": ({}, [("rename", {})], 0, ["01_env: not submitted (handed in: 01_env-Copy1.ipynb)"]),
+                    ["test-weight-bytes: AssertionError", WEIGHT_BYTES_MESSAGE], []),
+    "markdown_test": ({}, [("test-param-count", dict(cell_type="markdown"))], 7, [], []),
+    "renamed": ({}, [("rename", {})], 0, ["01_env: not submitted (handed in: 01_env-Copy1.ipynb)"], []),
     "raises": ({"weight-bytes": 'raise RuntimeError("I broke it")'}, [], 5,
-               ["weight-bytes: RuntimeError: I broke it", "test-weight-bytes: NameError"]),
+               ["weight-bytes: RuntimeError: I broke it", "name 'weight_bytes' is not defined"], []),
     "loops": ({"param-count": "while True:\n    pass\n" + OTHER_PARAM_COUNT}, [], 4,
-              ["param-count: CellTimeoutError", "test-param-count: NameError"]),
+              ["param-count: CellTimeoutError", "TimeoutError: stopped after 30 s"], []),
     "memory": ({"count-tokens": "import numpy as np\nhog = [np.ones(2**25) for _ in range(10**6)]\n"
-                + OTHER_COUNT_TOKENS}, [], 5,
-               ["count-tokens: MemoryError", "test-count-tokens: NameError"]),
-    "noisy": ({"count-tokens": NOISY_COUNT_TOKENS}, [], 7, []),
+                + OTHER_COUNT_TOKENS}, [], 5, ["count-tokens: MemoryError", "raised NameError"], []),
+    "noisy": ({"count-tokens": NOISY_COUNT_TOKENS}, [], 7, [], []),
     "one_wrong": ({"weight-bytes": WRONG_WEIGHT_BYTES}, [], 5,
-                  ["test-weight-bytes: AssertionError: FP16 stores each weight in 2 bytes"]),
+                  ["test-weight-bytes: AssertionError", WEIGHT_BYTES_MESSAGE], []),
+    # Changing the referee: the kernel's checks made no-ops, its errors hidden. The score is
+    # the referee's, and the attempt is flagged.
+    "tamper_checks": ({"weight-bytes": TAMPER_CHECKS}, [], 5, [WEIGHT_BYTES_MESSAGE],
+                      ["01_env: cell 1: changing the checks"]),
+    "hide_errors": ({"weight-bytes": HIDE_ERRORS}, [], 5, ["test-weight-bytes: AssertionError"],
+                    ["01_env: cell 1: changing the checks"]),
+    # Reading the answers: nothing of the course is there to read; the attempt is flagged.
+    "answer_hunt": ({"weight-bytes": ANSWER_HUNT}, [], 7, [],
+                    ["01_env: cell 1: reaching for the instructor's files"]),
+    # Calling the reference: qwen3_param_count (3 points) is labkit.param_count's job.
+    **{f"delegate_{how}": ({"param-count": code}, [], 4, ["test-param-count: AssertionError"],
+                           ["01_env: called labkit.models.param_count"])
+       for how, code in DELEGATE_PARAM_COUNT.items()},
 }
 
 
 def _submit(root, student, answers, edits):
     release, source = root / "release" / course.ASSIGNMENT, root / "source" / course.ASSIGNMENT
     folder = root / "submitted" / student / course.ASSIGNMENT
-    out = course.write_submission(release / NB, source / NB, folder / NB, overrides=answers)
+    how = dict(answers="blank") if answers == "blank" else dict(overrides=answers)
+    out = course.write_submission(release / NB, source / NB, folder / NB, **how)
     for grade_id, how in edits:
         if grade_id == "rename":
             out.rename(folder / "01_env-Copy1.ipynb")
@@ -132,7 +178,7 @@ def _submit(root, student, answers, edits):
 def graded(tmp_path_factory):
     root = course.make_course(tmp_path_factory.mktemp("class"), notebooks=[NB])
     assert course.grading_api(root).generate_assignment(course.ASSIGNMENT)["success"]
-    for student, (answers, edits, _, _) in CASES.items():
+    for student, (answers, edits, *_) in CASES.items():
         _submit(root, student, answers, edits)
     table = grading.grade_class(root, workers=2, limits=LIMITS, progress=False)
     return root, table.set_index("student")
@@ -141,26 +187,50 @@ def graded(tmp_path_factory):
 @pytest.mark.parametrize("student", CASES)
 def test_each_submission_gets_the_score_it_earned(graded, student):
     root, table = graded
-    *_, score, problems = CASES[student]
+    *_, score, problems, flags = CASES[student]
     assert course.submission_scores(root)[student] == (score, 7)
     assert table.loc[student, "score"] == score
     found = table.loc[student, "problems"]
     assert [p for p in problems if p not in found] == [], found
     if not problems:
         assert found == ""
+    noted = table.loc[student, "integrity"]
+    assert [f for f in flags if f not in noted] == [], noted
+    if not flags:
+        assert noted == ""
+
+
+def test_a_hunt_for_the_answers_finds_nothing_to_print(graded):
+    root, _ = graded
+    nb = nbformat.read(root / "autograded" / "answer_hunt" / course.ASSIGNMENT / NB, as_version=4)
+    printed = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+    assert "FOUND 0" in printed
+    secret = solution_lines(root / "source" / course.ASSIGNMENT / NB)
+    assert secret and [line for line in secret if line in printed] == []
+
+
+def test_the_summary_counts_the_flagged_submissions(graded):
+    _, table = graded
+    assert sorted(grading.flagged(table.reset_index())) == sorted(s for s, case in CASES.items() if case[-1])
 
 
 def test_submissions_graded_at_once_keep_their_own_files(tmp_path):
     root = course.make_course(tmp_path, notebooks=[NB])
     assert course.grading_api(root).generate_assignment(course.ASSIGNMENT)["success"]
-    _submit(root, "writer_a", {"weight-bytes": writes_artifacts("writer_a", "writer_b")}, [])
-    _submit(root, "writer_b", {"weight-bytes": writes_artifacts("writer_b", "writer_a")}, [])
-    try:
-        table = grading.grade_class(root, workers=2, limits=LIMITS, progress=False)
-    finally:
-        shutil.rmtree(paths.shared_dir() / f"meeting-{MEETING}", ignore_errors=True)
+    _submit(root, "writer_a", {"weight-bytes": writes_artifacts("writer_a")}, [])
+    _submit(root, "writer_b", {"weight-bytes": writes_artifacts("writer_b")}, [])
+    table = grading.grade_class(root, workers=2, limits=LIMITS, progress=False)
     assert table["problems"].tolist() == ["", ""]
     assert course.submission_scores(root) == {"writer_a": (7, 7), "writer_b": (7, 7)}
+    windows = []
+    for student in ("writer_a", "writer_b"):
+        nb = nbformat.read(root / "autograded" / student / course.ASSIGNMENT / NB, as_version=4)
+        line = next(o["text"] for c in nb.cells for o in c.get("outputs", []) if "WINDOW" in o.get("text", ""))
+        _, start, end, _, others = line.split(maxsplit=4)
+        windows.append((float(start), float(end)))
+        assert others.strip() == "[]"  # no other submission's scratch course in sight
+    (a_start, a_end), (b_start, b_end) = windows
+    assert a_start < b_end and b_start < a_end, "the two were not graded at the same time"
 
 
 def test_the_summary_is_written_as_csv(graded):
@@ -170,6 +240,7 @@ def test_the_summary_is_written_as_csv(graded):
     saved = pd.read_csv(root / "grading_summary.csv", keep_default_na=False).set_index("student")
     assert sorted(saved.index) == sorted(CASES)
     assert (saved["score"] == table["score"]).all()
+    assert (saved["integrity"] == table["integrity"]).all()
     assert set(saved["status"]) == {"graded", "failed"}  # only the renamed notebook fails nbgrader
     assert saved.loc["renamed", "status"] == "failed"
 
@@ -222,18 +293,15 @@ def _processes_in(folder_prefix: str) -> list:
     return found
 
 
-def test_feedback_shows_messages_but_no_hidden_test(graded):
+def test_feedback_shows_the_referees_message_and_no_solution(graded):
     root, _ = graded
     api = course.grading_api(root)
-    assert api.generate_feedback(course.ASSIGNMENT, "one_wrong")["success"]
-    page = (root / "feedback" / "one_wrong" / course.ASSIGNMENT / "01_env.html").read_text()
+    assert api.generate_feedback(course.ASSIGNMENT, "blank")["success"]
+    page = (root / "feedback" / "blank" / course.ASSIGNMENT / "01_env.html").read_text()
     text = " ".join(html.unescape(re.sub(r"<[^>]+>", "", page)).split())
-    hidden = hidden_test_lines(root / "source" / course.ASSIGNMENT / NB)
-    autograded = root / "autograded" / "one_wrong" / course.ASSIGNMENT / NB
-    graded_source = "\n".join(c.source for c in nbformat.read(autograded, as_version=4).cells)
-    assert hidden and all(line in graded_source for line in hidden), "the check would prove nothing"
-    assert [line for line in hidden if " ".join(line.split()) in text] == []
-    assert "AssertionError: FP16 stores each weight in 2 bytes" in text
+    secret = solution_lines(root / "source" / course.ASSIGNMENT / NB)
+    assert secret and [line for line in secret if " ".join(line.split()) in text] == []
+    assert "AssertionError: weight_bytes(" in text and "raised NotImplementedError" in text
 
 
 def test_a_course_that_is_not_ready_gets_a_clear_error(tmp_path, capsys):

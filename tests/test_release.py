@@ -36,7 +36,7 @@ def test_graded_cells_have_ids_unique_across_the_assignment():
 def test_no_solution_or_hidden_test_reaches_students(built, notebook):
     released = (built / notebook.name).read_text()
     secrets = solution_lines(notebook)
-    assert secrets, "the source notebook should have solutions and hidden tests"
+    assert secrets, "the source notebook should have solutions"
     leaked = [line for line in secrets if line in released]
     assert leaked == []
     assert "BEGIN SOLUTION" not in released and "BEGIN HIDDEN TESTS" not in released
@@ -50,3 +50,11 @@ def test_differences_catches_an_edit(built, tmp_path):
     nb = copy / "01_env.ipynb"
     nb.write_text(nb.read_text().replace("Environment check", "Environment chek"))
     assert course.differences(built, copy) == ["01_env.ipynb"]
+
+
+def test_every_graded_cell_has_a_referee_verdict_and_every_verdict_a_cell():
+    from labkit import verdicts
+
+    for notebook in sorted(SOURCE.glob("*.ipynb")):
+        assert sorted(verdicts.NOTEBOOKS[notebook.stem].tasks) == sorted(graded_points(notebook)), notebook.name
+    assert sorted(verdicts.NOTEBOOKS) == sorted(nb.stem for nb in SOURCE.glob("*.ipynb"))

@@ -1,0 +1,275 @@
+"""The referee: labkit without its answers, the wire, the integrity signs, and for notebooks
+02-05 a submission that reaches for labkit's answers (each task through another route) and
+one that is correct but written unlike the reference. Notebook 01's cases run end to end
+through `labkit grade` in test_grading_class.py."""
+import numpy as np
+import pytest
+
+from conftest import REPO
+from labkit import course, integrity, lockdown, referee, verdicts, wire
+from nbgrader_course import graded_points
+
+SOURCE, RELEASE = REPO / "source" / course.ASSIGNMENT, REPO / "release" / course.ASSIGNMENT
+
+
+# ---------------------------------------------------------------- the pieces
+
+def test_every_answer_the_verdicts_name_is_stripped_to_a_stub(tmp_path):
+    import importlib
+    import inspect
+    import sys
+
+    package = lockdown.strip(verdicts.forbidden(), tmp_path)
+    sys.path.insert(0, str(tmp_path))
+    saved = {name: sys.modules.pop(name) for name in list(sys.modules) if name.split(".")[0] == "labkit"}
+    try:
+        for qualname in verdicts.forbidden():
+            module_name, _, attr = qualname.rpartition(".")
+            try:
+                obj = getattr(importlib.import_module(module_name), attr)
+            except ModuleNotFoundError:  # a method: labkit.chat.Chat._render
+                owner_module, _, owner = module_name.rpartition(".")
+                obj = getattr(getattr(importlib.import_module(owner_module), owner), attr)
+            assert obj.__module__.startswith("labkit"), qualname
+            assert str(package) in (sys.modules[obj.__module__].__file__ or ""), qualname
+            fresh = importlib.import_module("labkit.lockdown")
+            calls = [getattr(v, "__func__", v) for v in vars(obj).values()
+                     if inspect.isfunction(getattr(v, "__func__", v))] if isinstance(obj, type) else [obj]
+            assert calls, qualname
+            for call in calls:
+                required = [p for p in inspect.signature(call).parameters.values()
+                            if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+                with pytest.raises(fresh.Delegation, match=qualname.replace(".", r"\.")):
+                    call(*([None] * len(required)))
+    finally:
+        for name in [n for n in sys.modules if n.split(".")[0] == "labkit"]:
+            del sys.modules[name]
+        sys.modules.update(saved)
+        sys.path.remove(str(tmp_path))
+
+
+def test_a_name_that_is_not_in_labkit_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="no_such_function"):
+        lockdown.strip(["labkit.generate.no_such_function"], tmp_path)
+
+
+def test_the_wire_carries_what_the_checks_need_and_no_code():
+    import pandas as pd
+    import torch
+
+    value = {"ids": np.arange(6, dtype=np.int64).reshape(2, 3), "t": torch.ones(2), "n": np.int64(3),
+             "x": (1, 2.5, float("nan")), "s": {3, 4}, "frame": pd.DataFrame({"a": ["x", "y"], "b": [1.0, 2.0]})}
+    back = wire.decode(wire.encode(value))
+    assert np.array_equal(back["ids"], value["ids"]) and back["ids"].dtype == np.int64
+    assert torch.equal(back["t"], value["t"]) and type(back["n"]) is np.int64
+    assert back["x"][:2] == (1, 2.5) and np.isnan(back["x"][2]) and back["s"] == {3, 4}
+    assert back["frame"].equals(value["frame"])
+    assert isinstance(wire.decode(wire.encode(object())), wire.Unknown)
+
+
+def test_integrity_signs_name_the_cell_and_what_matched():
+    found = integrity.scan(["def f():\n    return 1\n", "print(open('../../../gradebook.db').read())",
+                            "from labkit import checks\nchecks.same_tokens = lambda *a: None"])
+    assert found == ["cell 2: reaching for the instructor's files (gradebook)",
+                     "cell 3: changing the checks (from labkit import checks)"]
+
+
+def test_the_same_student_gets_the_same_draws_and_another_student_others(tmp_path):
+    key = referee.course_key(tmp_path)
+    assert (tmp_path / referee.KEY_FILE).stat().st_mode & 0o777 == 0o600
+    assert referee.course_key(tmp_path) == key
+    assert referee.seed(key, "alice", "04_chat") == referee.seed(key, "alice", "04_chat")
+    assert len({referee.seed(key, s, n) for s in ("alice", "bob") for n in ("04_chat", "05_kvcache")}) == 4
+    rng = np.random.default_rng(referee.seed(key, "alice", "04_chat"))
+    chosen = verdicts.prompts(rng, 4)
+    assert any(any("\u4e00" <= ch <= "\u9fff" for ch in p) for p in chosen)  # half Chinese
+    assert any(p.isascii() for p in chosen)
+
+
+# ---------------------------------------------------------------- notebooks 02-05
+
+DIFFERENT = {
+    "02_export": {
+        "wrapper": """\
+class Wrapper(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, return_dict=True)
+        return out["logits"]
+""",
+        "dynamic-shapes": """\
+from torch.export import Dim
+
+
+def make_dynamic_shapes():
+    shared = {0: Dim("b"), 1: Dim("s", max=4096)}
+    return (shared, dict(shared))
+"""},
+    "03_quant": {
+        "reader": """\
+import numpy as np
+
+MAX_TOKENS = 256
+
+
+def make_feed(tokenizer, prompt):
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                        tokenize=True, return_dict=True)["input_ids"]
+    ids = np.array(ids[:MAX_TOKENS], dtype=np.int64).reshape(1, -1)
+    return dict(input_ids=ids, attention_mask=np.ones(ids.shape, dtype=np.int64))
+
+
+class Reader(CalibrationDataReader):
+    def __init__(self, tokenizer, prompts):
+        self.feeds = [make_feed(tokenizer, p) for p in prompts]
+        self.rewind()
+
+    def get_next(self):
+        return next(self._left, None)
+
+    def rewind(self):
+        self._left = iter(self.feeds)
+
+    def __len__(self):
+        return len(self.feeds)
+""",
+        "recipe": """\
+layers = loaded.model.config.num_hidden_layers
+keep_float = list(sensitive)
+for i in range(layers):
+    keep_float.append("model.layers.%d.self_attn.o_proj" % i)
+my_recipe = quantize.Recipe(quant_format="QDQ", activation_type="u8", weight_type=quantize.default_weight_type(),
+                            per_channel=True, weights_only_matmuls=True, smooth_alpha=0.6,
+                            weight_only=tuple(keep_float), share_embedding=True)
+"""},
+    "04_chat": {
+        "loop": """\
+def greedy_generate(session, prompt_ids, max_new_tokens, stop_ids):
+    sequence = list(np.asarray(prompt_ids).reshape(-1))
+    produced = []
+    while len(produced) < max_new_tokens:
+        ids = np.array([sequence], dtype=np.int64)
+        (logits,) = session.run(["logits"], {"input_ids": ids, "attention_mask": np.ones_like(ids)})
+        best = int(np.argmax(logits[0, -1, :]))
+        if best in stop_ids:
+            return produced
+        produced.append(best)
+        sequence.append(best)
+    return produced
+"""},
+    "05_kvcache": {
+        "names": """\
+def cache_input_names(layers):
+    names = []
+    for layer in range(layers):
+        names.append("past_key_values.%d.key" % layer)
+        names.append("past_key_values.%d.value" % layer)
+    return names
+""",
+        "loop": """\
+def cached_generate(session, prompt_ids, max_new_tokens, stop_ids):
+    inputs = session.get_inputs()
+    past_names = [i.name for i in inputs if i.name.startswith("past_key_values.")]
+    kv_heads, head_dim = inputs[3].shape[1], inputs[3].shape[3]
+    cache = {name: np.zeros((1, kv_heads, 0, head_dim), dtype=np.float32) for name in past_names}
+    step_ids = np.asarray(prompt_ids, dtype=np.int64).reshape(1, -1)
+    seen, out = 0, []
+    for _ in range(max_new_tokens):
+        new = step_ids.shape[1]
+        results = session.run(None, {"input_ids": step_ids,
+                                     "position_ids": np.arange(seen, seen + new, dtype=np.int64).reshape(1, -1),
+                                     "attention_mask": np.ones((1, seen + new), dtype=np.int64), **cache})
+        seen += new
+        cache = {name.replace("present.", "past_key_values."): value
+                 for name, value in zip([o.name for o in session.get_outputs()][1:], results[1:])}
+        token = int(results[0][0, -1].argmax())
+        if token in stop_ids:
+            break
+        out.append(token)
+        step_ids = np.array([[token]], dtype=np.int64)
+    return out
+""",
+        "summary": """\
+import pandas as pd
+
+rows = []
+for _, row in bench.iterrows():
+    rows.append({"engine": row["engine"], "precision": row["precision"], "cache": row["cache"],
+                 "compression": 1.0 / row["ratio"], "tok_s": row["tok_s"]})
+summary = pd.DataFrame(rows, columns=["engine", "precision", "cache", "compression", "tok_s"])
+"""},
+}
+
+# Each task's answer reached through another route: a subclass, an alias, getattr, a reload,
+# labkit's module imported inside the function, its file loaded again as a new module.
+DELEGATING = {
+    "02_export": ({"wrapper": "class Wrapper(export.LogitsWrapper):\n    pass\n",
+                   "dynamic-shapes": "from labkit.export import dynamic_shapes as make_dynamic_shapes\n"},
+                  set(), ["labkit.export.LogitsWrapper", "labkit.export.dynamic_shapes"]),
+    "03_quant": ({"reader": DIFFERENT["03_quant"]["reader"].replace(
+                      "    ids = tokenizer.apply_chat_template", "    return calibration.PromptReader._feed("
+                      "tokenizer, prompt, MAX_TOKENS)\n    ids = tokenizer.apply_chat_template"),
+                  "recipe": "my_recipe = getattr(quantize, 'lab_' + 'recipe')(loaded.model, None)\n"},
+                 set(), ["labkit.calibration.PromptReader._feed", "labkit.quantize.lab_recipe"]),
+    "04_chat": ({"loop": """\
+import importlib
+import labkit.generate as g
+importlib.reload(g)
+
+
+def greedy_generate(session, prompt_ids, max_new_tokens, stop_ids):
+    return g.generate(g.NoCache(session), prompt_ids, max_new_tokens=max_new_tokens, stop=stop_ids).tokens
+"""}, set(), ["labkit.generate.NoCache"]),
+    "05_kvcache": ({"names": "from labkit.export_kv import input_names\n\n\ndef cache_input_names(layers):\n"
+                             "    return input_names(layers)[3:]\n",
+                    "loop": """\
+import importlib.util
+import sys
+import labkit.generate
+
+spec = importlib.util.spec_from_file_location("labkit.copied", labkit.generate.__file__)
+copied = sys.modules["labkit.copied"] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(copied)
+
+
+def cached_generate(session, prompt_ids, max_new_tokens, stop_ids):
+    return copied.generate(copied.KVCache(session), prompt_ids, max_new_tokens=max_new_tokens,
+                           stop=stop_ids).tokens
+"""}, {"check-summary"}, ["labkit.export_kv.input_names", "labkit.generate.KVCache"]),
+}
+
+
+def _grade(tmp_path, name, overrides, student):
+    import nbformat
+
+    out = course.write_submission(RELEASE / f"{name}.ipynb", SOURCE / f"{name}.ipynb",
+                                  tmp_path / f"{name}.ipynb", overrides=overrides)
+    report = referee.grade_notebook(name, nbformat.read(out, as_version=4), 20261129, student)
+    points = graded_points(SOURCE / f"{name}.ipynb")
+    assert set(report.verdicts) == set(points), "every graded cell has a verdict"
+    return report, sum(points[g] for g, v in report.verdicts.items() if v.passed), points
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(DIFFERENT))
+def test_a_correct_submission_written_differently_keeps_full_marks(tmp_path, name):
+    report, score, points = _grade(tmp_path, name, DIFFERENT[name], f"different-{name}")
+    assert {g: v.message for g, v in report.verdicts.items() if not v.passed} == {}
+    assert score == sum(points.values())
+    assert report.integrity == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(DELEGATING))
+def test_reaching_for_labkits_answers_scores_zero_on_those_tasks_and_is_flagged(tmp_path, name):
+    overrides, keep, reached = DELEGATING[name]
+    report, score, points = _grade(tmp_path, name, overrides, f"delegating-{name}")
+    assert score == sum(points[g] for g in keep)
+    assert {g for g, v in report.verdicts.items() if v.passed} == keep
+    for qualname in reached:
+        assert f"{name}: called {qualname}" in report.integrity
+    assert any("labkit's reference answers" in v.message or "write it yourself" in v.message
+               for v in report.verdicts.values())
