@@ -73,15 +73,18 @@ def _benchmark(function: str):
 
 
 def _chat(args) -> int:
+    from dataclasses import replace
+
     from . import artifacts, chat, models, paths
-    from .generate import KVCache, NoCache, Sampling
+    from .generate import CHAT, GREEDY, KVCache, NoCache
 
     name = models.resolve_name(args.model)
     named = args.graph in artifacts.SOURCES
     graph = paths.onnx_dir(name, args.graph) / paths.MODEL_FILE if named else Path(args.graph)
     cached = args.graph.startswith("kv-") if named else args.cache
     conversation = chat.Chat(graph, models.load_tokenizer(name), label=f"{name} ({args.graph})",
-                             max_new_tokens=args.max_tokens, sampling=Sampling(temperature=args.temperature, seed=None),
+                             max_new_tokens=args.max_tokens,
+                             sampling=replace(GREEDY if args.no_guard else CHAT, temperature=args.temperature, seed=None),
                              enable_thinking=args.think, loop=KVCache if cached else NoCache)
     chat.run_terminal(conversation)
     return 0
@@ -164,6 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", help="registry name (default: the session's model)")
     p.add_argument("--json", help="also write the rows to this JSON file")
     p.set_defaults(run=_benchmark("bench_decode"))
+    p = sub.add_parser("bench-chat", help="the chat on the KV graphs, greedy vs the repetition guard: looping "
+                       "replies and correct answers on the held-out prompts")
+    p.add_argument("--model", help="registry name (default: the session's model)")
+    p.add_argument("--json", help="also write the rows to this JSON file")
+    p.set_defaults(run=_benchmark("bench_chat"))
     p = sub.add_parser("export-kv", help="export the KV-cache graph with genai_config.json and tokenizer files")
     p.add_argument("--model", help="registry name (default: the session's model)")
     p.add_argument("--out", required=True, help="folder to write")
@@ -176,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
     p.add_argument("--max-tokens", type=int, default=256)
     p.add_argument("--think", action="store_true", help="Qwen3: let the model reason first (never shown)")
+    p.add_argument("--no-guard", action="store_true", help="plain greedy: no repetition penalty, repeated "
+                   "4-grams allowed, no stop when the reply loops")
     p.set_defaults(run=_chat)
     p = sub.add_parser("grade", help="autograde every submission in parallel (Dask) into the course gradebook")
     p.add_argument("--course", default=".", help="course folder with nbgrader_config.py (default: .)")

@@ -28,10 +28,12 @@ class Chat:
 
     `context` bounds prompt plus reply in tokens; the oldest turns are dropped to
     make room. Qwen3's thinking mode is off unless `enable_thinking`; its
-    `<think>` block is never shown either way."""
+    `<think>` block is never shown either way. The default sampling is greedy with the
+    repetition guard (`generate.CHAT`): a reply that still goes round in circles is stopped,
+    with a notice."""
 
     def __init__(self, graph, tokenizer, label: str = "model", *, context: int = 2048, max_new_tokens: int = 256,
-                 sampling: Sampling = generate.GREEDY, system: str | None = None, enable_thinking: bool = False,
+                 sampling: Sampling = generate.CHAT, system: str | None = None, enable_thinking: bool = False,
                  loop=NoCache, threads: int | None = None):
         self.tokenizer, self.label, self.context = tokenizer, label, context
         self.max_new_tokens, self.sampling, self.system = max_new_tokens, sampling, system
@@ -89,6 +91,9 @@ class Chat:
         reply.text = result.text
         reply.timing = result.timing() + (" (stopped)" if result.stopped_by == "stop" else "")
         self.history += [{"role": "user", "content": message}, {"role": "assistant", "content": result.text}]
+        if result.stopped_by == "repetition":
+            self._notice("the reply was going round in circles, so it was stopped (回复在重复，已停止). "
+                         "Ask again in other words, or raise the temperature.")
         return result
 
     def stop(self) -> None:

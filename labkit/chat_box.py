@@ -14,6 +14,7 @@ import time
 
 import ipywidgets as widgets
 
+from . import env, generate
 from .chat import Chat, Turn
 
 _STYLE = {"user": "background:#e8f0fe;", "assistant": "background:#f4f4f4;", "notice": "color:#a33;"}
@@ -49,15 +50,19 @@ class ChatBox:
                                                description="temperature", style={"description_width": "initial"})
         self.max_tokens = widgets.IntSlider(value=chat.max_new_tokens, min=8, max=512, step=8,
                                             description="max tokens", style={"description_width": "initial"})
+        self.guard = widgets.Checkbox(value=chat.sampling.no_repeat_ngram > 0, indent=False,
+                                      description="repetition guard (no repeated 4-grams, penalty 1.1)")
         self.status = widgets.Label("greedy when temperature is 0")
         self.send_button.on_click(lambda _: self.send())
         self.stop_button.on_click(lambda _: self.chat.stop())
         self.clear_button.on_click(lambda _: self.clear())
         self.save_button.on_click(lambda _: self.save())
+        note = env.int8_kernel_note() if "int8" in chat.label.lower() and env.int8_products_saturate() else ""
         self.widget = widgets.VBox([
-            widgets.HTML(f"<b>Chat with {html.escape(chat.label)}</b>"), self.transcript,
+            widgets.HTML(f"<b>Chat with {html.escape(chat.label)}</b>"
+                         + (f"<br><small>{html.escape(note)}</small>" if note else "")), self.transcript,
             widgets.HBox([self.message, self.send_button, self.stop_button]),
-            widgets.HBox([self.temperature, self.max_tokens]),
+            widgets.HBox([self.temperature, self.max_tokens, self.guard]),
             widgets.HBox([self.clear_button, self.save_button, self.status])])
 
     def _ipython_display_(self):
@@ -71,7 +76,10 @@ class ChatBox:
             return
         text = self.message.value if text is None else text
         self.message.value = ""
-        self.chat.sampling = dataclasses.replace(self.chat.sampling, temperature=self.temperature.value, seed=None)
+        guard = generate.CHAT if self.guard.value else generate.GREEDY
+        self.chat.sampling = dataclasses.replace(self.chat.sampling, temperature=self.temperature.value, seed=None,
+                                                 repetition_penalty=guard.repetition_penalty,
+                                                 no_repeat_ngram=guard.no_repeat_ngram)
         self.chat.max_new_tokens = self.max_tokens.value
         self.thread = threading.Thread(target=self._answer, args=(text,), daemon=True)
         self.send_button.disabled, self.stop_button.disabled = True, False

@@ -29,9 +29,14 @@ class Sampling:
     top_p: float = 1.0
     repetition_penalty: float = 1.0  # >1 discourages tokens already in the sequence
     seed: int | None = 0
+    no_repeat_ngram: int = 0         # n > 0: the reply never repeats an n-gram of its own, and a reply
+                                     # that goes round in circles anyway is stopped (`going_round`)
 
 
-GREEDY = Sampling()
+GREEDY = Sampling()  # the graded loops: plain argmax, no guard
+# The chat's defaults. A 135M model, or an INT8 one whose first token flips, can loop forever
+# on greedy ("la France, la France, ..."); a mild penalty and no repeated 4-gram keep it talking.
+CHAT = Sampling(repetition_penalty=1.1, no_repeat_ngram=4)
 
 
 @dataclass
@@ -41,7 +46,7 @@ class Result:
     prompt_tokens: int
     ttft_s: float                    # prompt in, first new token out
     seconds: float                   # the whole call
-    stopped_by: str                  # "end of turn", "max_new_tokens" or "stop"
+    stopped_by: str                  # "end of turn", "max_new_tokens", "stop" or "repetition"
     pieces: list[str] = field(default_factory=list, repr=False)
 
     @property
@@ -156,9 +161,30 @@ def stop_ids(tokenizer) -> set[int]:
     return ids | {vocab[t] for t in END_OF_TURN if t in vocab}
 
 
-def next_token(logits: np.ndarray, sampling: Sampling, seen: Iterable[int], rng: np.random.Generator) -> int:
-    """Pick one token from the last position's logits."""
+def repeating(reply: list[int], n: int) -> list[int]:
+    """The tokens that would complete an n-gram the reply already holds."""
+    if n <= 0 or len(reply) < n:
+        return []
+    prefix = reply[len(reply) - n + 1:]
+    return [reply[i + n - 1] for i in range(len(reply) - n + 1) if reply[i:i + n - 1] == prefix]
+
+
+LOOP_WINDOW, LOOP_DISTINCT = 64, 12  # 64 reply tokens with at most 12 distinct ones: going round
+
+
+def going_round(reply: list[int]) -> bool:
+    """A reply stuck in a loop, even one that varies a token here and there. Measured on the
+    held-out prompts: ordinary replies, Chinese or English, use 30 or more distinct tokens in 64."""
+    return len(reply) >= LOOP_WINDOW and len(set(reply[-LOOP_WINDOW:])) <= LOOP_DISTINCT
+
+
+def next_token(logits: np.ndarray, sampling: Sampling, seen: Iterable[int], rng: np.random.Generator,
+               reply: list[int] = ()) -> int:
+    """Pick one token from the last position's logits (`seen`: prompt and reply so far)."""
     logits = logits.astype(np.float64)  # a copy: penalties must not touch the session's buffer
+    banned = repeating(list(reply), sampling.no_repeat_ngram)
+    if banned:
+        logits[banned] = -np.inf
     if sampling.repetition_penalty != 1.0:
         seen = np.fromiter(set(seen), dtype=np.int64)
         # As in transformers: shrink positive logits, push negative ones further down.
@@ -241,7 +267,7 @@ def generate(stepper, prompt_ids, tokenizer=None, max_new_tokens: int = 64, samp
     stopped_by = "max_new_tokens"
     logits = stepper.start(prompt) if max_new_tokens > 0 else None
     for _ in range(max_new_tokens):
-        token = next_token(logits, sampling, [*prompt.tolist(), *tokens], rng)
+        token = next_token(logits, sampling, [*prompt.tolist(), *tokens], rng, tokens)
         if not tokens:
             ttft = time.perf_counter() - started
         if token in stop:
@@ -254,6 +280,9 @@ def generate(stepper, prompt_ids, tokenizer=None, max_new_tokens: int = 64, samp
                 on_text(piece)
         if should_stop is not None and should_stop():
             stopped_by = "stop"
+            break
+        if sampling.no_repeat_ngram and going_round(tokens):
+            stopped_by = "repetition"
             break
         if len(tokens) < max_new_tokens:
             logits = stepper.step(token)

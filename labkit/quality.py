@@ -144,3 +144,11 @@ def side_by_side(sessions: dict, tokenizer, prompt: str, new_tokens: int = 24) -
             tokens = tokens[:tokens.index(tokenizer.eos_token_id)]
         lines.append(f"  {label:<{width}}  {tokenizer.decode(tokens, skip_special_tokens=True).strip()}")
     return "\n".join(lines)
+
+
+def loops(tokens: list[int], n: int = 4, times: int = 3) -> bool:
+    """A reply that repeats some n-gram of its tokens more than `times` times."""
+    from collections import Counter
+
+    grams = Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
+    return bool(grams) and max(grams.values()) > times

@@ -167,3 +167,44 @@ def test_the_terminal_chat(chat, tmp_path):
     assert chat.transcript[-1].text in printed
     assert "tokens/s" in printed
     assert (tmp_path / "term.md").read_text(encoding="utf-8").count("Hello terminal") == 1
+
+
+def test_the_chat_guards_against_loops_and_says_so(session, tiny):
+    words = tiny.tokenizer(" la France,", add_special_tokens=False)["input_ids"]
+
+    class Looping:
+        """A model that would say ' la France,' forever."""
+
+        def __init__(self, session):
+            self.calls = 0
+
+        def _next(self):
+            logits = np.full(len(tiny.tokenizer), -10.0, np.float32)
+            logits[np.arange(100, 106)] = 4.0 - np.arange(6) * 0.1  # its next best ideas, in order
+            logits[words[self.calls % len(words)]] = 5.0
+            self.calls += 1
+            return logits
+
+        def start(self, prompt):
+            return self._next()
+
+        def step(self, token):
+            return self._next()
+
+    guarded = Chat(session, tiny.tokenizer, "tiny", max_new_tokens=200, loop=Looping)
+    result = guarded.send("What is the capital of France?")
+    from labkit import quality
+
+    assert not quality.loops(result.tokens)
+    assert result.stopped_by == "repetition" and guarded.transcript[-1].role == "notice"
+    assert "going round in circles" in guarded.transcript[-1].text
+    plain = Chat(session, tiny.tokenizer, "tiny", max_new_tokens=200, loop=Looping, sampling=generate.GREEDY)
+    assert quality.loops(plain.send("What is the capital of France?").tokens)
+
+
+def test_the_chat_box_shows_the_guard_and_turns_it_off(chat):
+    box = ChatBox(chat)
+    assert box.guard.value is True and "repetition guard" in box.guard.description
+    box.guard.value = False
+    box.send("Hello", wait=True)
+    assert chat.sampling.no_repeat_ngram == 0 and chat.sampling.repetition_penalty == 1.0

@@ -135,3 +135,32 @@ def test_the_no_cache_loop_rejects_the_kv_graph():
 
     with pytest.raises(generate.WrongGraph, match="KV-cache graph"):
         NoCache(KVSession())
+
+
+def test_the_graded_loops_stay_plain_greedy_and_the_chat_has_the_guard():
+    assert generate.GREEDY.no_repeat_ngram == 0 and generate.GREEDY.repetition_penalty == 1.0
+    assert generate.CHAT.no_repeat_ngram == 4 and generate.CHAT.repetition_penalty > 1.0
+    looping = [7, 8, 9, 10] * 20  # what a greedy model stuck in a loop would say
+    plain = generate.generate(Scripted(looping), [1, 2], max_new_tokens=40, stop=set())
+    assert plain.tokens == looping[:40] and plain.stopped_by == "max_new_tokens"
+
+
+def test_no_repeated_ngram_bans_the_token_that_would_close_one():
+    reply = [5, 6, 7, 1, 5, 6]
+    assert generate.repeating(reply, 3) == [7]      # 5 6 7 is in the reply: 7 may not follow 5 6 again
+    assert generate.repeating(reply, 4) == []
+    logits = np.array([0, 0, 0, 0, 0, 0, 0, 9, 8], np.float32)
+    rng = np.random.default_rng(0)
+    assert generate.next_token(logits, Sampling(no_repeat_ngram=3), [], rng, reply) == 8
+    assert generate.next_token(logits, Sampling(), [], rng, reply) == 7
+
+
+def test_a_reply_going_round_in_circles_is_stopped():
+    # With 4-grams banned the model slips into a loop that varies (13 distinct tokens would
+    # still be plain text; this one cycles through 5).
+    cycle = [11, 12, 13, 14, 15]
+    result = generate.generate(Scripted(cycle * 40), [1], max_new_tokens=200, stop=set(),
+                               sampling=Sampling(no_repeat_ngram=4))
+    assert result.stopped_by == "repetition"
+    assert len(result.tokens) == generate.LOOP_WINDOW
+    assert not generate.going_round(list(range(64))) and generate.going_round(cycle * 13)
