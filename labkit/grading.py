@@ -179,8 +179,9 @@ def grade_submission(job: Job) -> Outcome:
         key = root / referee.KEY_FILE
         key.write_bytes(job.key)
         key.chmod(0o600)
+        cell_s = int(job.limits.cell_s)
         (root / "nbgrader_config.py").write_text(
-            job.config + f"\nc.Execute.timeout = {int(job.limits.cell_s)}\nc.Referee.cell_timeout = {int(job.limits.cell_s)}\n")
+            job.config + f"\nc.Execute.timeout = {cell_s}\nc.Referee.cell_timeout = {cell_s}\n")
         (root / "gradebook.db").write_bytes(job.gradebook)
         _forget_earlier_grades(root / "gradebook.db", job.assignment, job.student)
         _write_files(root / "source" / job.assignment, job.source)

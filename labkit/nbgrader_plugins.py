@@ -14,6 +14,7 @@ may) and shortens failed checks' tracebacks to their message.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -90,12 +91,19 @@ class SandboxedKernelManager(AsyncKernelManager):
 
 def _artifacts_for(cwd: Path) -> Path:
     """The submission's own artifacts: `$LABKIT_ARTIFACTS` as `labkit grade` sets it for each
-    submission; under a plain `nbgrader autograde`, a folder per student in the temporary
-    folder (the notebooks of one submission run one after another and share it)."""
+    submission. Under a plain `nbgrader autograde`, a folder for the student being graded (the
+    notebooks of one submission run one after another and share it); the previous student's
+    is removed, so a class leaves one submission's graphs behind, not 200."""
     explicit = os.environ.get(paths.ARTIFACTS_ENV)
     if explicit:
         return Path(explicit)
-    return Path(tempfile.gettempdir()) / f"labkit-artifacts-{cwd.parent.name}"
+    parent = Path(tempfile.gettempdir()) / "labkit-autograde-artifacts"
+    student = cwd.parent.name  # autograded/<student>/<assignment>
+    parent.mkdir(mode=0o700, exist_ok=True)
+    for other in parent.iterdir():
+        if other.name != student:
+            shutil.rmtree(other, ignore_errors=True)
+    return parent / student
 
 
 class Referee(NbGraderPreprocessor):

@@ -81,8 +81,8 @@ def seed(key: bytes, student: str, notebook: str) -> int:
 
 
 def private_dir() -> Path:
-    """The referee's own folder (reference graphs and answers): owner-only, so a sandboxed
-    kernel, which sees the shared artifacts read-only, cannot even list it."""
+    """The referee's own folder (recipes it applied and their verdicts): owner-only, so a
+    sandboxed kernel, which sees the shared artifacts read-only, cannot even list it."""
     folder = paths.shared_dir() / "referee"
     folder.mkdir(parents=True, exist_ok=True)
     folder.chmod(0o700)
@@ -177,7 +177,7 @@ class Child:
             left = deadline - time.monotonic()
             if left <= 0 or not self.selector.select(left):
                 self.close()
-                raise ChildGone(self._gone() + f" (limit {timeout:.0f} s)")
+                raise ChildGone(f"your code did not finish in time (limit {timeout:.0f} s)")
             chunk = os.read(self.replies.fileno(), 1 << 20)
             if not chunk:
                 raise ChildGone(self._gone())
