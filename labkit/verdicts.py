@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,10 +60,6 @@ def reference_tokens(session, ids: np.ndarray, new_tokens: int, stop: set[int]) 
     from . import generate
 
     return generate.generate(generate.NoCache(session), ids, max_new_tokens=new_tokens, stop=stop).tokens
-
-
-def same_tokens(tokens, reference: list[int], tokenizer, prompt: str) -> None:
-    checks.same_tokens(tokens, reference, tokenizer, prompt)
 
 
 @dataclass
@@ -470,7 +465,7 @@ def _loop_on(graph: str, count: int, new_tokens: int, probe: str = LOOP_PROBE, n
             ids = chat_ids(tokenizer, prompt)
             got = child.value(probe, f"{name} on {prompt!r}", graph=graph.upper(), ids=ids, n=new_tokens,
                               stop=sorted(stop))
-            same_tokens(got, reference_tokens(session, ids, new_tokens, stop), tokenizer, prompt)
+            checks.same_tokens(got, reference_tokens(session, ids, new_tokens, stop), tokenizer, prompt)
     return task
 
 
@@ -564,7 +559,7 @@ def _cached_tokens(child: Child, ctx: Ctx) -> None:
     for prompt in prompts(ctx.rng, 3):
         ids = chat_ids(tokenizer, prompt)
         got = child.value(CACHED_PROBE, f"cached_generate on {prompt!r}", ids=ids, n=24, stop=sorted(stop))
-        same_tokens(got, reference_tokens(ctx.state["no_cache"], ids, 24, stop), tokenizer, prompt)
+        checks.same_tokens(got, reference_tokens(ctx.state["no_cache"], ids, 24, stop), tokenizer, prompt)
 
 
 def _speed(child: Child, ctx: Ctx) -> None:
@@ -587,7 +582,7 @@ def _speed(child: Child, ctx: Ctx) -> None:
         started = time.perf_counter()
         reference = reference_tokens(ctx.state["no_cache"], ids, 8, set())
         slow.append(time.perf_counter() - started)
-    same_tokens(got, reference, tokenizer, "a 256-token prompt")
+    checks.same_tokens(got, reference, tokenizer, "a 256-token prompt")
     ratio = min(slow) / min(times)
     assert ratio > 1, (f"your cached loop took {1 / ratio:.2f}x the time of the no-cache loop on a 256-token prompt: "
                        "is the decode step feeding only the new token, with the past from the previous call?")
