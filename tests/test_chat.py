@@ -29,6 +29,25 @@ def chat(session, tiny):
     return Chat(session, tiny.tokenizer, "tiny", max_new_tokens=6, loop=Recording)
 
 
+def scripted(logits_at):
+    """A `loop` for Chat whose logits at call k are `logits_at(k)`, whatever the session."""
+    class Scripted:
+        def __init__(self, session):
+            self.calls = 0
+
+        def _next(self):
+            self.calls += 1
+            return logits_at(self.calls - 1)
+
+        def start(self, prompt):
+            return self._next()
+
+        def step(self, token):
+            return self._next()
+
+    return Scripted
+
+
 def rendered(tokenizer, messages):
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
 
@@ -110,23 +129,12 @@ def test_the_think_block_is_never_shown(session, tiny):
     secret = tokenizer(" secret plan", add_special_tokens=False)["input_ids"]
     script = [start, *secret, end, *words, tokenizer.convert_tokens_to_ids("<|im_end|>")]
 
-    class Scripted:
-        def __init__(self, session):
-            self.calls = 0
+    def logits_at(k):
+        logits = np.zeros(len(tokenizer), np.float32)
+        logits[script[k]] = 1.0
+        return logits
 
-        def _next(self):
-            logits = np.zeros(len(tokenizer), np.float32)
-            logits[script[self.calls]] = 1.0
-            self.calls += 1
-            return logits
-
-        def start(self, prompt):
-            return self._next()
-
-        def step(self, token):
-            return self._next()
-
-    chat = Chat(session, tokenizer, loop=Scripted, enable_thinking=True)
+    chat = Chat(session, tokenizer, loop=scripted(logits_at), enable_thinking=True)
     result = chat.send("Where?")
     assert result.text == "Paris is nice"
     assert chat.history[-1]["content"] == "Paris is nice"
@@ -172,25 +180,14 @@ def test_the_terminal_chat(chat, tmp_path):
 def test_the_chat_guards_against_loops_and_says_so(session, tiny):
     words = tiny.tokenizer(" la France,", add_special_tokens=False)["input_ids"]
 
-    class Looping:
+    def looping(k):
         """A model that would say ' la France,' forever."""
+        logits = np.full(len(tiny.tokenizer), -10.0, np.float32)
+        logits[np.arange(100, 106)] = 4.0 - np.arange(6) * 0.1  # its next best ideas, in order
+        logits[words[k % len(words)]] = 5.0
+        return logits
 
-        def __init__(self, session):
-            self.calls = 0
-
-        def _next(self):
-            logits = np.full(len(tiny.tokenizer), -10.0, np.float32)
-            logits[np.arange(100, 106)] = 4.0 - np.arange(6) * 0.1  # its next best ideas, in order
-            logits[words[self.calls % len(words)]] = 5.0
-            self.calls += 1
-            return logits
-
-        def start(self, prompt):
-            return self._next()
-
-        def step(self, token):
-            return self._next()
-
+    Looping = scripted(looping)
     guarded = Chat(session, tiny.tokenizer, "tiny", max_new_tokens=200, loop=Looping)
     result = guarded.send("What is the capital of France?")
     from labkit import quality
