@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .errors import LabkitError
+
 
 def _env(args) -> int:
     from . import env
@@ -214,20 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except Exception as exc:  # friendly one-line errors for the expected failures
-        from .gguf_convert import BundledModelMissing
-        from .export import ExportError
-        from .hub import IncompleteModelFolder
-        from .models import ModelUnavailable
-        from .grading import GradingSetupError
-        from .onnx_graph import BrokenOnnxFile
-
-        friendly = (ModelUnavailable, BundledModelMissing, IncompleteModelFolder, ConnectionError,
-                    ExportError, BrokenOnnxFile, GradingSetupError)
-        if isinstance(exc, friendly):
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        raise
+    except (LabkitError, ConnectionError) as exc:  # the expected failures: their message says what to do
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

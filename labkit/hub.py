@@ -14,12 +14,14 @@ import struct
 from pathlib import Path
 from urllib.parse import urlparse
 
+from .errors import LabkitError
+
 DEFAULT_ENDPOINT = "https://huggingface.co"
 PROBE_TIMEOUT_S = 5.0
 FILE_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]
 
 
-class IncompleteModelFolder(RuntimeError):
+class IncompleteModelFolder(LabkitError, RuntimeError):
     pass
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import gguf_convert, hub
+from .errors import LabkitError
 from .paths import building, shared_dir
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -34,7 +35,7 @@ QWEN3_TINY_SHAPE = dict(
 )
 
 
-class ModelUnavailable(RuntimeError):
+class ModelUnavailable(LabkitError, RuntimeError):
     pass
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 import onnx
 from onnx.external_data_helper import uses_external_data
 
+from .errors import LabkitError
+
 DTYPES = {onnx.TensorProto.INT64: "int64", onnx.TensorProto.INT32: "int32",
           onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
           onnx.TensorProto.BFLOAT16: "bfloat16", onnx.TensorProto.INT8: "int8",
@@ -15,7 +17,7 @@ DTYPES = {onnx.TensorProto.INT64: "int64", onnx.TensorProto.INT32: "int32",
           onnx.TensorProto.INT4: "int4", onnx.TensorProto.UINT4: "uint4"}
 
 
-class BrokenOnnxFile(RuntimeError):
+class BrokenOnnxFile(LabkitError, RuntimeError):
     pass
 
 

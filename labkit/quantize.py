@@ -43,6 +43,7 @@ def _import_nbits_quantizer():
     root.handlers[:], root.level = handlers, level
     return matmul_nbits_quantizer
 from .calibration import channel_ranges, validate_reader
+from .errors import LabkitError
 from .onnx_graph import file_bytes, graph_io, load_graph, set_metadata
 from .paths import MODEL_FILE, check_writable, staged_dir
 
@@ -51,7 +52,7 @@ QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", 
 _TYPES = {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}
 
 
-class QuantizeError(RuntimeError):
+class QuantizeError(LabkitError, RuntimeError):
     pass
 
 

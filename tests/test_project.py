@@ -36,3 +36,37 @@ def test_ci_runs_the_readme_test_command():
     assert "make test" in commands and "make lab" in commands
     ci = (REPO / ".ci" / "run").read_text()
     assert re.search(r"^make test$", ci, re.M)
+
+
+def test_every_labkit_error_has_the_one_base_the_command_line_catches(capsys, monkeypatch):
+    """Each module's error says what to do; `python -m labkit` prints any of them in one line.
+    Two exceptions are not for that: the referee's stub raises Delegation inside a student's
+    code, and ChildGone is a failed verdict (an AssertionError, as nbgrader scores them)."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import labkit
+    from labkit import __main__ as cli
+    from labkit.errors import LabkitError
+
+    found = {}
+    for info in pkgutil.iter_modules(labkit.__path__, "labkit."):
+        module = importlib.import_module(info.name)
+        for name, obj in vars(module).items():
+            if inspect.isclass(obj) and issubclass(obj, BaseException) and obj.__module__ == info.name:
+                found[f"{info.name}.{name}"] = obj
+    outside = sorted(name for name, cls in found.items() if not issubclass(cls, LabkitError))
+    assert outside == ["labkit.lockdown.Delegation", "labkit.referee.ChildGone"]
+    assert {"labkit.quantize.QuantizeError", "labkit.calibration.ReaderMismatch", "labkit.generate.WrongGraph",
+            "labkit.models.ModelUnavailable", "labkit.grading.GradingSetupError"} <= set(found)
+    for name, cls in found.items():
+        if not issubclass(cls, LabkitError):
+            continue
+
+        def fail(args, cls=cls):
+            raise cls("do this instead")
+
+        monkeypatch.setattr(cli, "_env", fail)
+        assert cli.main(["env"]) == 1, name
+        assert capsys.readouterr().err == "error: do this instead\n", name
