@@ -115,14 +115,6 @@ def channel_ranges(model_path: str | Path, reader: CalibrationDataReader, tensor
     return {name: (lows[name], highs[name]) for name in tensors}
 
 
-def kv_input_names(layers: int) -> list[str]:
-    """The KV-cache graph's inputs, in the naming onnxruntime-genai and Optimum use."""
-    names = ["input_ids", "attention_mask", "position_ids"]
-    for i in range(layers):
-        names += [f"past_key_values.{i}.key", f"past_key_values.{i}.value"]
-    return names
-
-
 class KVCacheReader(CalibrationDataReader):
     """Feeds for the KV-cache graph: for each prompt the prefill (past length 0)
     and then `decode_steps` one-token steps whose past cache is recorded from the

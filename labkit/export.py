@@ -25,7 +25,6 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import LabkitError
-from .onnx_graph import BrokenOnnxFile, load_graph
 from .patches import export_patches
 from .paths import MODEL_FILE, check_writable, staged_dir
 
@@ -160,7 +159,7 @@ def export_onnx(model: torch.nn.Module, out_dir: str | Path, *, wrapper: torch.n
             steps.set_postfix_str("trace and translate (the slow part)")
             # inference_mode(False): a notebook cell run under inference_mode would
             # otherwise hand torch.export tensors it refuses to trace.
-            with export_patches(model), _quiet_exporter(), torch.inference_mode(False), torch.no_grad():
+            with export_patches(), _quiet_exporter(), torch.inference_mode(False), torch.no_grad():
                 program = torch.onnx.export(
                     wrapper, example, dynamo=True, input_names=names[0], output_names=names[1],
                     dynamic_shapes=shapes or dynamic_shapes(), optimize=True, verbose=False)
@@ -182,14 +181,3 @@ def export_onnx(model: torch.nn.Module, out_dir: str | Path, *, wrapper: torch.n
     finally:
         steps.close()
     return out_dir / MODEL_FILE
-
-
-def tied_embedding_copies(path: str | Path) -> int:
-    """How many initializers have the embedding's shape: 1 when the tie survived export."""
-    graph = load_graph(path).graph
-    gather = next((n for n in graph.node if n.op_type == "Gather"), None)
-    if gather is None:
-        raise BrokenOnnxFile(f"{path} has no embedding lookup (Gather)")
-    dims = {t.name: list(t.dims) for t in graph.initializer}
-    shape = dims.get(gather.input[0])
-    return sum(1 for d in dims.values() if d == shape or d == shape[::-1])

@@ -72,11 +72,9 @@ PATCHES = [index_based_attention_mask, without_slices_split]
 
 
 @contextlib.contextmanager
-def export_patches(model=None):
-    """Apply every patch in PATCHES for the duration of an export.
-
-    `model` is accepted so that family-specific patches can be chosen from it;
-    today's patch applies to every transformers decoder."""
+def export_patches():
+    """Apply every patch in PATCHES for the duration of an export (each applies to every
+    transformers decoder the lab exports)."""
     with contextlib.ExitStack() as stack:
         for patch in PATCHES:
             stack.enter_context(patch())
@@ -110,7 +108,7 @@ def legacy_export(model, path, patched: bool) -> str | None:
     from .export import INPUT_NAMES, LogitsWrapper, example_inputs
 
     axes = {name: {0: "batch", 1: "sequence"} for name in INPUT_NAMES}
-    with vmap_mask_path(), (export_patches(model) if patched else contextlib.nullcontext()):
+    with vmap_mask_path(), (export_patches() if patched else contextlib.nullcontext()):
         try:
             torch.onnx.export(LogitsWrapper(model).eval(), example_inputs(model.config.vocab_size), str(path),
                               dynamo=False, input_names=INPUT_NAMES, output_names=["logits"],

@@ -103,12 +103,6 @@ def correct(runs: list[list[int]], tokenizer) -> int:
                for item, answer in zip(heldout()["prompts"], answers) if item["expect"])
 
 
-def greedy_agreement(session, reference_session, tokenizer, new_tokens: int = GREEDY_TOKENS) -> float:
-    """Mean prefix agreement with the reference graph over the held-out prompts."""
-    return agreement(greedy_runs(session, tokenizer, new_tokens)[0],
-                     greedy_runs(reference_session, tokenizer, new_tokens)[0])
-
-
 def compare(models: dict[str, str | Path], tokenizer, reference: str = "FP32",
             new_tokens: int = GREEDY_TOKENS, threads: int | None = None):
     """One row per graph: size, ratio to the reference, held-out perplexity, greedy

@@ -608,8 +608,7 @@ def _prepare_05() -> None:
 
 KV = Notebook(
     prelude=KV_PRELUDE,
-    forbidden=LOOPS + ["labkit.export_kv.input_names", "labkit.export_kv.output_names",
-                       "labkit.calibration.kv_input_names"],
+    forbidden=LOOPS + ["labkit.export_kv.input_names", "labkit.export_kv.output_names"],
     context=_context_05,
     tasks={"check-graph": _cache_names, "check-cached-tokens": _cached_tokens, "check-speed": _speed,
            "check-summary": _summary},

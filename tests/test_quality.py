@@ -46,7 +46,8 @@ def test_prefix_agreement():
 
 
 def test_a_graph_agrees_with_itself(session, tiny):
-    assert quality.greedy_agreement(session, session, tiny.tokenizer, new_tokens=4) == 1.0
+    runs = quality.greedy_runs(session, tiny.tokenizer, new_tokens=4)[0]
+    assert quality.agreement(runs, runs) == 1.0
 
 
 def test_correct_counts_answers_that_contain_an_expected_word(tiny):

@@ -8,7 +8,7 @@ import onnx
 import pytest
 import torch
 
-from labkit import calibration, onnx_graph, onnx_weights, quantize, runtime, sensitivity, smoothquant
+from labkit import calibration, export_kv, onnx_graph, onnx_weights, quantize, runtime, sensitivity, smoothquant
 
 PROMPTS = calibration.calibration_prompts()[:8]
 
@@ -146,7 +146,7 @@ def test_kv_reader_records_decode_steps_from_the_float_model(tiny):
     assert reader.get_next() is None and len(feeds) == 8
     config = tiny.model.config
     prefill, first_step = feeds[0], feeds[1]
-    assert list(prefill) == calibration.kv_input_names(config.num_hidden_layers)
+    assert list(prefill) == export_kv.input_names(config.num_hidden_layers)
     prompt = prefill["input_ids"].shape[1]
     assert prefill["past_key_values.0.key"].shape == (1, config.num_key_value_heads, 0, config.head_dim)
     assert first_step["past_key_values.1.value"].shape == (1, config.num_key_value_heads, prompt, config.head_dim)
