@@ -152,7 +152,8 @@ def _enter(spec: dict) -> None:
         Path(source).mkdir(parents=True, exist_ok=True)
         _chown_tree(Path(source), uid)
     cwd = Path(spec["cwd"])
-    _chown_tree(cwd, uid) if cwd.is_dir() else None
+    if cwd.is_dir():
+        _chown_tree(cwd, uid)
     binds = [(target, source, False) for target, source in spec["rw"].items()]
     binds += [(target, source, True) for target, source in spec["ro"].items() if Path(source).exists()]
     binds.append((str(cwd), str(cwd), False))
