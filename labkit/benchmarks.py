@@ -151,7 +151,7 @@ def bench_grade(submissions: int = 6, workers: tuple[int, ...] = (1, 2), noteboo
                    per_hour=round(submissions * 3600 / wall, 1),
                    median_submission_s=round(float(table["seconds"].median()), 1),
                    max_peak_rss_gb=float(table["peak_rss_gb"].max()),
-                   all_full_marks=bool((table["score"] == table["max_score"]).all()))
+                   all_full_marks=bool((table["auto_score"] == table["auto_max"]).all()))
         print(f"{n} worker(s): {submissions} submissions in {wall:.0f} s = {row['per_hour']} per hour; "
               f"median {row['median_submission_s']} s each, peak {row['max_peak_rss_gb']} GB, "
               f"full marks: {row['all_full_marks']}", flush=True)

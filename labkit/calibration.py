@@ -33,20 +33,12 @@ class ReaderMismatch(LabkitError, ValueError):
     pass
 
 
-class PromptReader(CalibrationDataReader):
-    """Yields `{"input_ids", "attention_mask"}` int64 feeds of shape [1, tokens]."""
+class FeedReader(CalibrationDataReader):
+    """A calibration reader over a list of feeds (dicts of input name -> array), in order."""
 
-    def __init__(self, tokenizer, prompts: list[str] | None = None, max_tokens: int = 256):
-        self.prompts = list(prompts if prompts is not None else calibration_prompts())
-        self.feeds = [self._feed(tokenizer, p, max_tokens) for p in self.prompts]
+    def __init__(self, feeds: list[dict[str, np.ndarray]]):
+        self.feeds = list(feeds)
         self._next = 0
-
-    @staticmethod
-    def _feed(tokenizer, prompt: str, max_tokens: int) -> dict[str, np.ndarray]:
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                            return_dict=True)["input_ids"][:max_tokens]
-        ids = np.asarray([ids], dtype=np.int64)
-        return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self._next >= len(self.feeds):
@@ -59,6 +51,21 @@ class PromptReader(CalibrationDataReader):
 
     def __len__(self) -> int:
         return len(self.feeds)
+
+
+class PromptReader(FeedReader):
+    """Yields `{"input_ids", "attention_mask"}` int64 feeds of shape [1, tokens]."""
+
+    def __init__(self, tokenizer, prompts: list[str] | None = None, max_tokens: int = 256):
+        self.prompts = list(prompts if prompts is not None else calibration_prompts())
+        super().__init__([self._feed(tokenizer, p, max_tokens) for p in self.prompts])
+
+    @staticmethod
+    def _feed(tokenizer, prompt: str, max_tokens: int) -> dict[str, np.ndarray]:
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                            return_dict=True)["input_ids"][:max_tokens]
+        ids = np.asarray([ids], dtype=np.int64)
+        return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
 
     def preview(self, n: int = 3) -> str:
         lines = [f"{len(self)} feeds, {sum(f['input_ids'].shape[1] for f in self.feeds):,} tokens in all"]

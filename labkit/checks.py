@@ -53,6 +53,25 @@ def fp32_size(path: str | Path, params: int, expected: int | None = None) -> Non
         "about 0.5 suggests FP16 weights")
 
 
+def one_data_file(path: str | Path) -> None:
+    """The weights sit in one external-data file beside the graph, named after it."""
+    files = onnx_graph.external_files(onnx_graph.load_graph(path))
+    expected = Path(path).name + ".data"
+    assert files == [expected], (
+        f"the graph's weights are in {files or 'the .onnx file itself'}, expected one file {expected!r} beside it: "
+        "save with external_data=True")
+
+
+def mask_patch(seen: dict[str, bool]) -> None:
+    """`seen`: what `patches.observe(patch)` saw the patch do."""
+    assert seen.get("replaced"), ("inside the with block, AttentionMaskInterface._global_mapping['sdpa'] is still the "
+                                  "original function: put your replacement there")
+    assert seen.get("restored"), "after the with block the original mask function is not back: restore it on exit"
+    assert seen.get("error_passed"), "an error raised inside the with block did not reach the caller: do not swallow it"
+    assert seen.get("restored_after_error"), (
+        "after a with block that raised, the original mask function is not back: restore it in a finally clause")
+
+
 def logits_close(result: Parity) -> None:
     assert result.max_abs_logit_diff <= LOGIT_TOLERANCE, (
         f"ONNX and PyTorch logits differ by up to {result.max_abs_logit_diff:.2e} (limit {LOGIT_TOLERANCE:g}): "
@@ -76,6 +95,39 @@ def quantized_model(path: str | Path) -> None:
     assert ops, f"{Path(path).name} has no quantized operators: did quantization run on this file?"
     share = int8_weight_bytes(path) / onnx_graph.file_bytes(path)
     assert share > 0.5, f"only {share:.0%} of the file is int8 weights: most weights were left in float"
+
+
+STATIC_SHARE = 0.5  # the lab's recipe quantizes the activations of 173 of SmolLM2's 210 decoder linears
+
+
+def static_share(path: str | Path, at_least: float = STATIC_SHARE) -> float:
+    """The share of decoder linears (MatMuls with a weight, in model.layers) whose input
+    activation is quantized too, not only the weight: static INT8 in fact."""
+    from .quantize import static_linears
+
+    quantized, linears = static_linears(path)
+    share = quantized / max(linears, 1)
+    assert share >= at_least, (
+        f"only {quantized} of {linears} decoder linears ({share:.0%}) read int8 activations; static INT8 needs at "
+        f"least {at_least:.0%}. The rest have int8 weights only: keep float only the layers the scan points at.")
+    return share
+
+
+def quantize_call_types(path: str | Path, weight_type: str) -> None:
+    """The quantize call's choices, read from its graph: QDQ, u8 activations, `weight_type`
+    ("s8" or "u8") weights with one scale per output channel."""
+    from .quantize import qdq_types
+
+    found = qdq_types(path)
+    wanted = {"s8": "int8", "u8": "uint8"}[weight_type]
+    assert found["weights"], "no DequantizeLinear of a weight: use quant_format=QuantFormat.QDQ"
+    assert found["activations"] == {"uint8"}, (
+        f"activations are quantized to {sorted(found['activations'])}: x86's int8 kernels take "
+        "activation_type=QuantType.QUInt8")
+    assert found["weights"] == {wanted}, (
+        f"weights are {sorted(found['weights'])}, this CPU wants {wanted} (quantize.default_weight_type() is "
+        f"{weight_type!r}): set weight_type accordingly")
+    assert found["weight_scales"] == {1}, "weights have one scale per tensor: set per_channel=True"
 
 
 def size_ratio(path: str | Path, fp32_path: str | Path, at_most: float) -> float:

@@ -6,7 +6,8 @@ optimized by onnxscript. What the lab adds around it:
 
 - `LogitsWrapper`: plain tensors in and out, so the exporter never sees a
   transformers output object or a cache;
-- `export_patches`: the monkey patches the model family needs (see patches.py);
+- `export_patches`: the monkey patches the exporter needs (see patches.py);
+- `export_with`: everything around the `torch.onnx.export` call, which the student writes;
 - `readable_names`: renames nodes and weights after the module they come from;
 - a write that cannot leave a half-written model where the next notebook looks.
 """
@@ -141,32 +142,39 @@ def _quiet_exporter():
         log.setLevel(level)
 
 
-def export_onnx(model: torch.nn.Module, out_dir: str | Path, *, wrapper: torch.nn.Module | None = None,
-                shapes: tuple | None = None, example: tuple | None = None,
-                names: tuple[list[str], list[str]] = (INPUT_NAMES, OUTPUT_NAMES), finish=None) -> Path:
-    """Export `model` to `out_dir/model.onnx` + `model.onnx.data` (float32) and return
-    the model path. The files are written in `<out_dir>.partial` and moved into
-    place only once the checker has passed them. `names` are the graph's (inputs,
-    outputs); `finish(graph)` may edit the graph (without weights) before the check."""
+def torch_export(wrapper: torch.nn.Module, example: tuple, onnx_file: Path, *, shapes: tuple | None = None,
+                 names: tuple[list[str], list[str]] = (INPUT_NAMES, OUTPUT_NAMES)) -> None:
+    """labkit's `torch.onnx.export` call (notebook 02's task 4 is the student's own):
+    dynamo, named inputs and outputs, symbolic batch and sequence, weights in one
+    external-data file beside the graph."""
+    with export_patches():
+        program = torch.onnx.export(wrapper, example, dynamo=True, input_names=names[0], output_names=names[1],
+                                    dynamic_shapes=shapes or dynamic_shapes(), optimize=True, verbose=False)
+    program.save(str(onnx_file), external_data=True)
+
+
+def export_with(call, model: torch.nn.Module, out_dir: str | Path, *, wrapper: torch.nn.Module,
+                example: tuple | None = None, finish=None) -> Path:
+    """Run `call(wrapper, example, onnx_file)`, which must write `onnx_file` (the graph) and
+    `onnx_file.data` (its weights), then name nodes and weights after their modules and
+    run `onnx.checker`. The files are written in `<out_dir>.partial` and moved to
+    `out_dir` only once the checker has passed them. `finish(graph)` may edit the graph
+    (without weights) before the check. Returns `out_dir/model.onnx`."""
     out_dir = Path(out_dir)
     params = sum(p.numel() for p in model.parameters())
     check_writable(out_dir, int(4 * params * 1.05), ExportError)
-    wrapper = (wrapper or LogitsWrapper(model)).eval()
+    wrapper = wrapper.eval()
     example = example or example_inputs(model.config.vocab_size)
-    steps = tqdm(total=4, desc="export", file=sys.stdout, unit="step")
+    steps = tqdm(total=3, desc="export", file=sys.stdout, unit="step")
     try:
         with staged_dir(out_dir, ExportError) as partial:
-            steps.set_postfix_str("trace and translate (the slow part)")
+            steps.set_postfix_str("trace, translate, write (the slow part)")
             # inference_mode(False): a notebook cell run under inference_mode would
             # otherwise hand torch.export tensors it refuses to trace.
-            with export_patches(), _quiet_exporter(), torch.inference_mode(False), torch.no_grad():
-                program = torch.onnx.export(
-                    wrapper, example, dynamo=True, input_names=names[0], output_names=names[1],
-                    dynamic_shapes=shapes or dynamic_shapes(), optimize=True, verbose=False)
-            steps.update()
-            steps.set_postfix_str("write weights")
-            program.save(str(partial / MODEL_FILE), external_data=True)
-            del program
+            with _quiet_exporter(), torch.inference_mode(False), torch.no_grad():
+                call(wrapper, example, partial / MODEL_FILE)
+            if not (partial / MODEL_FILE).is_file():
+                raise ExportError(f"the export wrote no {MODEL_FILE}: save the program to the path it is given")
             steps.update()
             steps.set_postfix_str("name nodes and weights")
             graph = onnx.load(str(partial / MODEL_FILE), load_external_data=False)
@@ -181,3 +189,16 @@ def export_onnx(model: torch.nn.Module, out_dir: str | Path, *, wrapper: torch.n
     finally:
         steps.close()
     return out_dir / MODEL_FILE
+
+
+def export_onnx(model: torch.nn.Module, out_dir: str | Path, *, wrapper: torch.nn.Module | None = None,
+                shapes: tuple | None = None, example: tuple | None = None,
+                names: tuple[list[str], list[str]] = (INPUT_NAMES, OUTPUT_NAMES), finish=None) -> Path:
+    """Export `model` to `out_dir/model.onnx` + `model.onnx.data` (float32) with labkit's
+    own call (`torch_export`) and return the model path; `names` are the graph's
+    (inputs, outputs)."""
+    def call(wrapped, inputs, onnx_file):
+        torch_export(wrapped, inputs, onnx_file, shapes=shapes, names=names)
+
+    return export_with(call, model, out_dir, wrapper=wrapper or LogitsWrapper(model), example=example,
+                       finish=finish)

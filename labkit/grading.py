@@ -267,10 +267,10 @@ def problems(root: Path, job: Job, outcome: Outcome) -> list[str]:
 
 # ---------------------------------------------------------------- merging
 
-def merge(root: Path, assignment: str, outcome: Outcome) -> tuple[float, float]:
+def merge(root: Path, assignment: str, outcome: Outcome) -> dict[str, float]:
     """Copy one worker's grades into the course gradebook and its autograded notebooks into
     `root/autograded/`. A notebook the worker could not grade scores 0, as nbgrader scores a
-    missing notebook. Returns (score, max score)."""
+    missing notebook. Returns the submission's `points(...)`."""
     from nbgrader.api import Gradebook
 
     root = Path(root)
@@ -296,7 +296,7 @@ def merge(root: Path, assignment: str, outcome: Outcome) -> tuple[float, float]:
             if worker:
                 nb.late_submission_penalty = worker["late"].get(nb.name)
         gb.db.commit()
-        result = (submission.score, submission.max_score)
+        result = points(submission)
     target = root / "autograded" / outcome.student / assignment
     shutil.rmtree(target, ignore_errors=True)
     _write_files(target, outcome.autograded)
@@ -322,13 +322,24 @@ def _worker_submission(tmp: Path, outcome: Outcome, assignment: str) -> dict | N
         }
 
 
+def points(submission) -> dict[str, float]:
+    """An nbgrader submission's score and max score, and their split: the auto-graded code
+    cells, and the written answers (markdown cells) still waiting for a person's grade."""
+    grades = [g for nb in submission.notebooks for g in nb.grades]
+    auto = [g for g in grades if g.cell.cell_type == "code"]
+    return {"score": submission.score, "max_score": submission.max_score,
+            "auto_score": sum(g.score for g in auto), "auto_max": sum(g.max_score for g in auto),
+            "manual_pending": sum(g.max_score for g in grades if g.cell.cell_type != "code" and g.manual_score is None)}
+
+
 # ---------------------------------------------------------------- the command
 
 def grade_class(root: Path, assignment: str = course.ASSIGNMENT, students: list[str] | None = None,
                 workers: int = 2, scheduler: str | None = None, limits: Limits = Limits(),
                 csv: Path | None = None, progress: bool = True):
     """Grade every submission (or `students`) in parallel; returns the summary DataFrame
-    (student, score, max_score, status, seconds, peak_rss_gb, problems, integrity) and writes
+    (student, score, max_score, auto_score, auto_max, manual_pending, status, seconds, peak_rss_gb,
+    problems, integrity) and writes
     it as CSV (default `root/grading_summary.csv`)."""
     import pandas as pd
     from dask.distributed import Client, LocalCluster, as_completed
@@ -359,12 +370,11 @@ def grade_class(root: Path, assignment: str = course.ASSIGNMENT, students: list[
             except Exception as exc:  # noqa: BLE001 - a lost worker must not stop the batch
                 outcome = Outcome(student, "failed", 0.0, 0.0,
                                   problems=[f"worker: {type(exc).__name__}: {exc}"])
-            score, max_score = merge(root, assignment, outcome)
-            rows.append(dict(student=outcome.student, score=score, max_score=max_score,
-                             status=outcome.status, seconds=round(outcome.seconds, 1),
+            scored = merge(root, assignment, outcome)
+            rows.append(dict(student=outcome.student, **scored, status=outcome.status, seconds=round(outcome.seconds, 1),
                              peak_rss_gb=round(outcome.peak_rss_gb, 2),
                              problems="; ".join(outcome.problems), integrity="; ".join(outcome.integrity)))
-            bar.set_postfix_str(f"{outcome.student}: {score:g}/{max_score:g}")
+            bar.set_postfix_str(f"{outcome.student}: {scored['auto_score']:g}/{scored['auto_max']:g} auto")
             bar.update()
         bar.close()
     finally:

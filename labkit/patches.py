@@ -2,10 +2,14 @@
 
 Each patch names the failure it fixes and the versions that have it. On the
 pinned stack (torch 2.13, transformers 5.23) the dynamo exporter, which the lab
-uses, needs none of them for Llama or Qwen3 without a cache: transformers 5
-builds the attention mask by index arithmetic and no longer hard-codes
-`is_causal` while exporting. They matter for the legacy TorchScript exporter
-(`torch.onnx.export(..., dynamo=False)`), which the handbook's scripts used.
+uses, needs no correctness patch for Llama or Qwen3: transformers 5 builds the
+attention mask by index arithmetic and no longer hard-codes `is_causal` while
+exporting. `export_patches()` holds what every export does use (speed).
+
+The mask patch matters for the legacy TorchScript exporter
+(`torch.onnx.export(..., dynamo=False)`), which the handbook's scripts used. It is
+notebook 02's task: the student writes it, `legacy_export` shows the failure it
+fixes, and `index_based_attention_mask` is labkit's answer (off limits while grading).
 
 PATCHES
 - `index_based_attention_mask`: transformers may build the 4-D attention mask
@@ -26,7 +30,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import warnings
 
+import torch
 import transformers.masking_utils as masking
 
 
@@ -68,15 +74,15 @@ def without_slices_split():
         rewriter._DEFAULT_REWRITE_RULES = original
 
 
-PATCHES = [index_based_attention_mask, without_slices_split]
+PATCHES = [without_slices_split]
 
 
 @contextlib.contextmanager
-def export_patches():
-    """Apply every patch in PATCHES for the duration of an export (each applies to every
-    transformers decoder the lab exports)."""
+def export_patches(*more):
+    """Apply every patch in PATCHES, then each of `more` (context-manager factories, e.g. a
+    mask patch), for the duration of an export; undo them in reverse order."""
     with contextlib.ExitStack() as stack:
-        for patch in PATCHES:
+        for patch in (*PATCHES, *more):
             stack.enter_context(patch())
         yield
 
@@ -100,19 +106,55 @@ def vmap_mask_path():
         qwen3.create_causal_mask = original
 
 
-def legacy_export(model, path, patched: bool) -> str | None:
-    """Export with the TorchScript exporter on the vmap mask path, with or without
-    `export_patches`; return the error message, or None when it worked."""
-    import torch
+class _Logits(torch.nn.Module):
+    """The model with plain tensors in and out (the legacy exporter's own wrapper, so
+    that the demonstration does not depend on the student's)."""
 
-    from .export import INPUT_NAMES, LogitsWrapper, example_inputs
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+
+def legacy_export(model, path, patch=None) -> str | None:
+    """Export with the TorchScript exporter on the vmap mask path, inside `patch()` when
+    given (a context-manager factory); return the error message, or None when it worked."""
+    from .export import INPUT_NAMES, example_inputs
 
     axes = {name: {0: "batch", 1: "sequence"} for name in INPUT_NAMES}
-    with vmap_mask_path(), (export_patches() if patched else contextlib.nullcontext()):
+    # The TorchScript tracer warns about every Python branch on a tensor: noise here.
+    with vmap_mask_path(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(LogitsWrapper(model).eval(), example_inputs(model.config.vocab_size), str(path),
-                              dynamo=False, input_names=INPUT_NAMES, output_names=["logits"],
-                              dynamic_axes=axes)
+            with (patch() if patch is not None else contextlib.nullcontext()):
+                torch.onnx.export(_Logits(model).eval(), example_inputs(model.config.vocab_size), str(path),
+                                  dynamo=False, input_names=INPUT_NAMES, output_names=["logits"],
+                                  dynamic_axes=axes)
         except Exception as exc:  # noqa: BLE001 - the point is to show the exporter's error
             return f"{type(exc).__name__}: {exc}"
     return None
+
+
+def observe(patch) -> dict[str, bool]:
+    """What `patch()` does to transformers' SDPA mask function: replaced inside the `with`,
+    the original back after it, and back after a `with` whose body raised (the error
+    still reaching the caller)."""
+    registry = masking.AttentionMaskInterface._global_mapping
+    original = registry["sdpa"]
+    seen = {}
+    with patch():
+        seen["replaced"] = registry["sdpa"] is not original
+    seen["restored"] = registry["sdpa"] is original
+    registry["sdpa"] = original
+    try:
+        with patch():
+            raise LookupError("a failing export")
+    except LookupError:
+        seen["error_passed"] = True
+    else:
+        seen["error_passed"] = False
+    seen["restored_after_error"] = registry["sdpa"] is original
+    registry["sdpa"] = original
+    return seen

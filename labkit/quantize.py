@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import shutil
@@ -231,10 +232,42 @@ def _quiet_ort_quantizer():
             log.setLevel(level)
 
 
+def static_call(float_path: Path, out_path: Path, reader, ranges_file: Path, keep_float: list[str],
+                recipe: Recipe = Recipe()) -> None:
+    """labkit's `quantize_static` call (notebook 03's task 3 is the student's own): the
+    prepared float graph at `float_path` to QDQ at `out_path`, ranges read from
+    `ranges_file` (measured with `reader` already), the `keep_float` nodes left float."""
+    quantize_static(
+        str(float_path), str(out_path), reader, calibration_cache_path=str(ranges_file),
+        quant_format=QuantFormat.QDQ if recipe.quant_format == "QDQ" else QuantFormat.QOperator,
+        op_types_to_quantize=["MatMul"], per_channel=recipe.per_channel,
+        activation_type=_TYPES[recipe.activation_type], weight_type=_TYPES[recipe.weight_type],
+        nodes_to_exclude=keep_float, use_external_data_format=True,
+        # Float MatMul outputs: ORT fuses to MatMulIntegerToFloat, and the
+        # residual stream never passes through int8.
+        extra_options={"OpTypesToExcludeOutputQuantization": ["MatMul"]})
+
+
+def _check_call_output(path: Path, keep_float: list[str]) -> None:
+    """The quantize call wrote a graph, and left the nodes it was told to keep float alone."""
+    if not path.is_file():
+        raise QuantizeError(f"the quantize call wrote no file at {path.name}: save to the output path it is given")
+    graph = load_graph(path)
+    producer = {o: n.op_type for n in graph.graph.node for o in n.output}
+    # The second input only: a MatMul's activation may share its QuantizeLinear with a
+    # quantized neighbour (up_proj with gate_proj), which is not the call's doing.
+    touched = [n.name for n in graph.graph.node if n.name in keep_float and producer.get(n.input[1]) == "DequantizeLinear"]
+    if touched:
+        raise QuantizeError(f"the quantize call quantized {len(touched)} node(s) that must stay float, e.g. "
+                            f"{touched[0]}: pass nodes_to_exclude=keep_float")
+
+
 def quantize_int8_static(fp32_path: str | Path, out_dir: str | Path, reader, recipe: Recipe = Recipe(),
-                         threads: int | None = None) -> Path:
+                         threads: int | None = None, call=None) -> Path:
     """Quantize the float graph at `fp32_path` with `recipe`, calibrating on
-    `reader`; writes `out_dir/model.onnx` (+ `.data`) and returns its path."""
+    `reader`; writes `out_dir/model.onnx` (+ `.data`) and returns its path.
+    `call(float_path, out_path, reader, ranges_file, keep_float)` runs ONNX Runtime's
+    quantizer on the prepared graph (default: `static_call` with the recipe's types)."""
     fp32_path, out_dir = Path(fp32_path), Path(out_dir)
     graph = assert_float_model(fp32_path)
     validate_reader(reader, graph_io(graph)["inputs"])
@@ -271,19 +304,21 @@ def quantize_int8_static(fp32_path: str | Path, out_dir: str | Path, reader, rec
 
             steps.set_postfix_str("quantize (onnxruntime)")
             (work / "qdq").mkdir()
+            keep_float = [f"{name}/MatMul" for name in recipe.weight_only] + (
+                [n.name for n in activation_only] if recipe.weights_only_matmuls else [])
             with _quiet_ort_quantizer():
-                quantize_static(
-                    str(work / "float" / MODEL_FILE), str(work / "qdq" / MODEL_FILE), None,
-                    calibration_cache_path=str(work / "ranges.json"), calibrate_method=CalibrationMethod.MinMax,
-                    quant_format=QuantFormat.QDQ if recipe.quant_format == "QDQ" else QuantFormat.QOperator,
-                    op_types_to_quantize=["MatMul"], per_channel=recipe.per_channel,
-                    activation_type=_TYPES[recipe.activation_type], weight_type=_TYPES[recipe.weight_type],
-                    nodes_to_exclude=[f"{name}/MatMul" for name in recipe.weight_only] + (
-                        [n.name for n in activation_only] if recipe.weights_only_matmuls else []),
-                    use_external_data_format=True,
-                    # Float MatMul outputs: ORT fuses to MatMulIntegerToFloat, and the
-                    # residual stream never passes through int8.
-                    extra_options={"OpTypesToExcludeOutputQuantization": ["MatMul"]})
+                try:
+                    (call or functools.partial(static_call, recipe=recipe))(
+                        work / "float" / MODEL_FILE, work / "qdq" / MODEL_FILE, reader, work / "ranges.json",
+                        keep_float)
+                except Exception as exc:
+                    if call is None:
+                        raise
+                    # ORT's message for a node it has no range for names no parameter of the call.
+                    raise QuantizeError(f"the quantize call raised {type(exc).__name__}: {exc}. Ranges exist only "
+                                        "for the MatMuls to quantize: pass calibration_cache_path=ranges_file, "
+                                        "op_types_to_quantize=['MatMul'] and nodes_to_exclude=keep_float") from exc
+            _check_call_output(work / "qdq" / MODEL_FILE, keep_float)
             shutil.rmtree(work / "float")
             steps.update()
 
@@ -345,6 +380,46 @@ def int8_weight_bytes(path: str | Path) -> int:
     eight_bit = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
     return sum(int(np.prod(t.dims)) for t in load_graph(path).graph.initializer
                if t.data_type in eight_bit and not t.name.endswith("zero_point"))
+
+
+def static_linears(path: str | Path) -> tuple[int, int]:
+    """(decoder linears whose input activation passes through QuantizeLinear, decoder linears):
+    the MatMuls in model.layers whose second input is a weight, float or dequantized."""
+    graph = load_graph(path).graph
+    weights = {t.name for t in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+
+    def dequantized(name: str, of_weight: bool) -> bool:
+        node = producer.get(name)
+        return node is not None and node.op_type == "DequantizeLinear" and (node.input[0] in weights) == of_weight
+
+    linears = [n for n in graph.node if n.op_type == "MatMul" and n.name.startswith("model.layers.")
+               and (n.input[1] in weights or dequantized(n.input[1], True))]
+    return sum(dequantized(n.input[0], False) for n in linears), len(linears)
+
+
+def qdq_types(path: str | Path) -> dict[str, set]:
+    """What the static MatMuls of a QDQ graph (activation and weight both dequantized) read:
+    {"activations": element types of the activations' zero points, "weights": of the
+    weights, "weight_scales": ranks of the weights' scales (1: per channel, 0: per
+    tensor)}, as names like "uint8"."""
+    graph = load_graph(path).graph
+    weights = {t.name: t for t in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    element = onnx.helper.tensor_dtype_to_np_dtype
+    found = {"activations": set(), "weights": set(), "weight_scales": set()}
+    for node in graph.node:
+        if node.op_type != "MatMul":
+            continue
+        activation, weight = (producer.get(i) for i in node.input[:2])
+        if not (activation and weight and activation.op_type == weight.op_type == "DequantizeLinear"
+                and weight.input[0] in weights):
+            continue
+        if len(activation.input) > 2 and activation.input[2] in weights:
+            found["activations"].add(str(element(weights[activation.input[2]].data_type)))
+        found["weights"].add(str(element(weights[weight.input[0]].data_type)))
+        found["weight_scales"].add(len(weights[weight.input[1]].dims))
+    return found
 
 
 def lab_recipe(model, reader, share: float = 0.9, scan_feeds: int | None = None) -> Recipe:

@@ -207,30 +207,54 @@ def _exported(child: Child, ctx: Ctx) -> Path:
     """The tiny Qwen3 exported with the student's wrapper and shapes, once per notebook."""
     if "onnx" not in ctx.state:
         ctx.state["onnx"] = None
-        child.value("str(export.export_onnx(tiny.model, 'export', wrapper=Wrapper(tiny.model), "
-                    "shapes=make_dynamic_shapes()))", "exporting with your Wrapper and make_dynamic_shapes()")
+        child.value("str(export.export_with(export_model, tiny.model, 'export', wrapper=Wrapper(tiny.model)))",
+                    "export.export_with(export_model, model, out_dir, wrapper=Wrapper(model))")
         ctx.state["onnx"] = _regular_export(child.workdir / "export", ctx.scratch / "export")
     if ctx.state["onnx"] is None:
-        raise AssertionError("the export with your Wrapper and make_dynamic_shapes() failed (see the first check)")
+        raise AssertionError("the export with your export_model, Wrapper and make_dynamic_shapes() failed "
+                             "(see the first check)")
     return ctx.state["onnx"]
 
 
-def _regular_export(folder: Path, target: Path) -> Path:
+def _regular_export(folder: Path, target: Path, name: str = paths.MODEL_FILE) -> Path:
     """The child's export, copied out as plain files (a symlink or a device is not the
     child's own work, and the referee must not read one)."""
     from .onnx_graph import external_files, load_graph
 
     target.mkdir()
-    for name in ("model.onnx", "model.onnx.data"):
-        source = folder / name
+    for file in (name, name + ".data"):
+        source = folder / file
         if source.is_symlink() or (source.exists() and not source.is_file()):
-            raise AssertionError(f"{name} is not a regular file")
+            raise AssertionError(f"{file} is not a regular file")
         if source.exists():
-            shutil.copyfile(source, target / name)
-    graph = load_graph(target / "model.onnx")
-    assert all("/" not in name and "\\" not in name for name in external_files(graph)), (
-        "the graph's weights must sit beside it")
-    return target / "model.onnx"
+            shutil.copyfile(source, target / file)
+    assert (target / name).is_file(), f"no {name} was written"
+    graph = load_graph(target / name)
+    assert all(file == name + ".data" for file in external_files(graph)), (
+        f"the graph's weights must sit beside it, in {name}.data")
+    return target / name
+
+
+def _mask_patch(child: Child, ctx: Ctx) -> None:
+    """The legacy export on the vmap mask path, inside the student's patch: the graph must
+    compute the tiny model's logits; then what the patch does to the registry."""
+    import onnxruntime as ort
+    import torch
+
+    error = child.value("patches.legacy_export(tiny.model, 'patched.onnx', patch=index_based_mask)",
+                        "patches.legacy_export(tiny.model, path, patch=index_based_mask)")
+    assert error is None, f"the TorchScript export on the vmap path still fails inside your patch: {error}"
+    path = _regular_export(child.workdir, ctx.scratch / "patched", "patched.onnx")
+    tiny = ctx.state["tiny"]
+    ids = ctx.rng.integers(0, tiny.model.config.vocab_size, (1, int(ctx.rng.integers(3, 12)))).astype(np.int64)
+    with torch.no_grad():
+        reference = tiny.model(input_ids=torch.from_numpy(ids), use_cache=False).logits.numpy()
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0]
+    assert got.shape == reference.shape and np.abs(got - reference).max() < 1e-4, (
+        "the graph exported inside your patch does not compute the model's logits: pass every argument "
+        "through to the original mask function")
+    checks.mask_patch(child.value("patches.observe(index_based_mask)", "what index_based_mask() does"))
 
 
 def _graph_check(check: Callable[[Path, Ctx], None]):
@@ -239,17 +263,22 @@ def _graph_check(check: Callable[[Path, Ctx], None]):
     return task
 
 
-def _tiny_bytes(ctx: Ctx) -> int:
-    """The size of labkit's own export of the tiny Qwen3 (kept in the referee's folder)."""
+def _tiny_fp32(tiny) -> Path:
+    """labkit's own export of the tiny Qwen3 (kept in the referee's folder)."""
     from .export import export_onnx
-    from .onnx_graph import file_bytes
     from .referee import private_dir
 
     out = private_dir() / "tiny-fp32"
     with paths.building(out):
         if not (out / paths.MODEL_FILE).is_file():
-            export_onnx(ctx.state["tiny"].model, out)
-    return file_bytes(out / paths.MODEL_FILE)
+            export_onnx(tiny.model, out)
+    return out / paths.MODEL_FILE
+
+
+def _tiny_bytes(ctx: Ctx) -> int:
+    from .onnx_graph import file_bytes
+
+    return file_bytes(_tiny_fp32(ctx.state["tiny"]))
 
 
 def _parity(ctx: Ctx, path: Path):
@@ -264,16 +293,18 @@ def _parity(ctx: Ctx, path: Path):
 
 EXPORT = Notebook(
     prelude=EXPORT_PRELUDE,
-    forbidden=["labkit.export.LogitsWrapper", "labkit.export.dynamic_shapes", "labkit.export_kv.KVWrapper",
-               "labkit.export_kv.dynamic_shapes"],
+    forbidden=["labkit.export.LogitsWrapper", "labkit.export.dynamic_shapes", "labkit.export.export_onnx",
+               "labkit.export.torch_export", "labkit.patches.index_based_attention_mask",
+               "labkit.export_kv.KVWrapper", "labkit.export_kv.dynamic_shapes"],
     context=_context_02,
-    tasks={"test-wrapper": _wrapper, "test-dynamic-shapes": _dynamic_shapes,
+    tasks={"test-wrapper": _wrapper, "test-dynamic-shapes": _dynamic_shapes, "test-patch": _mask_patch,
            "check-input-names": _graph_check(lambda p, c: checks.input_names(p, ["input_ids", "attention_mask"])),
            "check-input-dtypes": _graph_check(lambda p, c: checks.input_dtypes(p, "int64")),
            "check-symbolic-dims": _graph_check(lambda p, c: checks.symbolic_dims(p)),
            "check-logits-output": _graph_check(
                lambda p, c: checks.logits_output(p, c.state["tiny"].model.config.vocab_size)),
-           "check-size": _graph_check(lambda p, c: checks.fp32_size(p, c.state["tiny"].params, _tiny_bytes(c))),
+           "check-size": _graph_check(lambda p, c: (checks.one_data_file(p),
+                                                     checks.fp32_size(p, c.state["tiny"].params, _tiny_bytes(c)))),
            "check-logits-close": _graph_check(lambda p, c: checks.logits_close(_parity(c, p))),
            "check-greedy": _graph_check(lambda p, c: checks.greedy_identical(_parity(c, p)))},
     prepare=_prepare_models)
@@ -303,7 +334,7 @@ def _context_03(rng):
     feeds = calibration.PromptReader(loaded.tokenizer).feeds
     sensitive = sensitivity.most_sensitive(sensitivity.scan(loaded.model, feeds), share=0.9)
     return Ctx(rng, {"fp32": _shared_relative(fp32), "sensitive": list(sensitive)},
-               {"loaded": loaded, "fp32": fp32})
+               {"loaded": loaded, "fp32": fp32, "tiny": models.tiny_qwen3()})
 
 
 def _reader(child: Child, ctx: Ctx) -> None:
@@ -369,6 +400,46 @@ def _quantized(child: Child, ctx: Ctx) -> Path:
     return out / paths.MODEL_FILE
 
 
+def _quantize_call(child: Child, ctx: Ctx) -> None:
+    """labkit's pipeline around the student's quantize_call, run in the child on the tiny
+    Qwen3's graph with layers to keep float and calibration prompts drawn here; the result
+    read here against labkit's own call on the same inputs."""
+    from . import calibration, quantize
+    from .parity import chat_ids as render
+    from .runtime import session
+
+    tiny = ctx.state["tiny"]
+    float_dir = child.workdir / "tiny-fp32"
+    shutil.copytree(_tiny_fp32(tiny).parent, float_dir)
+    # o_proj and down_proj: the linears whose input no other linear reads (q/k/v and gate/up
+    # share theirs, and with it a quantizer).
+    linears = [f"model.layers.{layer}.{kind}" for layer in range(tiny.model.config.num_hidden_layers)
+               for kind in ("self_attn.o_proj", "mlp.down_proj")]
+    keep = sorted(str(x) for x in ctx.rng.choice(linears, 2, replace=False))
+    feeds = [{"input_ids": ids, "attention_mask": np.ones_like(ids)}
+             for ids in (render(tiny.tokenizer, p).numpy() for p in prompts(ctx.rng, 4))]
+    recipe = quantize.Recipe(weight_only=tuple(keep), smooth_alpha=None)
+    child.value("str(quantize.quantize_int8_static('tiny-fp32/model.onnx', 'tiny-int8', "
+                "calibration.FeedReader(probe['feeds']), quantize.Recipe(weight_only=tuple(probe['keep']), "
+                "smooth_alpha=None), call=quantize_call))",
+                "quantize.quantize_int8_static(float graph, out_dir, reader, recipe, call=quantize_call)",
+                feeds=feeds, keep=keep)
+    path = _regular_export(child.workdir / "tiny-int8", ctx.scratch / "tiny-int8")
+    checks.quantize_call_types(path, quantize.default_weight_type())
+    quantized, total = quantize.static_linears(path)
+    assert quantized == total - len(keep), (
+        f"{quantized} of {total} decoder linears read int8 activations; all but the {len(keep)} in keep_float should")
+    reference = quantize.quantize_int8_static(_tiny_fp32(tiny), ctx.scratch / "reference", calibration.FeedReader(feeds),
+                                              recipe)
+    float_session, mine, ours = session(_tiny_fp32(tiny)), session(path), session(reference)
+    for feed in feeds:
+        exact = float_session.run(["logits"], feed)[0]
+        error = np.abs(mine.run(["logits"], feed)[0] - exact).mean()
+        allowed = 1.5 * np.abs(ours.run(["logits"], feed)[0] - exact).mean() + 1e-4
+        assert error <= allowed, (f"your graph's logits are {error:.4f} from float on average, labkit's call gives "
+                                  f"{allowed / 1.5:.4f}: are the ranges from ranges_file used?")
+
+
 def _cached_verdict(ctx: Ctx, path: Path, name: str, check: Callable[[], None]) -> None:
     """A check of a recipe's graph, kept beside it: the same recipe gets the same verdict."""
     saved = path.parent / f"verdict-{name}.json"
@@ -385,7 +456,7 @@ def _cached_verdict(ctx: Ctx, path: Path, name: str, check: Callable[[], None]) 
 
 def _check_quantized(child, ctx):
     path = _quantized(child, ctx)
-    _cached_verdict(ctx, path, "quantized", lambda: checks.quantized_model(path))
+    _cached_verdict(ctx, path, "quantized-static", lambda: (checks.quantized_model(path), checks.static_share(path)))
 
 
 def _check_ratio(child, ctx):
@@ -421,9 +492,9 @@ def _prepare_03() -> None:
 QUANT = Notebook(
     prelude=QUANT_PRELUDE,
     forbidden=["labkit.calibration.PromptReader", "labkit.calibration.KVCacheReader", "labkit.parity.chat_ids",
-               "labkit.chat.Chat._render", "labkit.quantize.lab_recipe"],
+               "labkit.chat.Chat._render", "labkit.quantize.lab_recipe", "labkit.quantize.static_call"],
     context=_context_03,
-    tasks={"test-reader": _reader, "check-quantized": _check_quantized, "check-ratio": _check_ratio,
+    tasks={"test-reader": _reader, "test-quantize-call": _quantize_call, "check-quantized": _check_quantized, "check-ratio": _check_ratio,
            "check-tokens": _check_tokens},
     prepare=_prepare_03)
 

@@ -6,10 +6,13 @@ from pathlib import Path
 
 import nbformat
 
-def graded_points(source_nb: Path) -> dict[str, float]:
+def graded_points(source_nb: Path, manual: bool = False) -> dict[str, float]:
+    """Points per graded cell: the auto-graded code cells (the referee's), or with `manual`
+    the written answers (markdown cells) a person grades."""
     nb = nbformat.read(source_nb, as_version=4)
     return {c.metadata.nbgrader["grade_id"]: float(c.metadata.nbgrader["points"])
-            for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")}
+            for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")
+            and (c.cell_type == "markdown") == manual}
 
 
 def solution_lines(source_nb: Path) -> list[str]:

@@ -78,9 +78,10 @@ def test_logits_agree_for_shapes_never_traced(exported, tiny):
 
 
 def test_patch_fixes_the_legacy_exporter_on_the_vmap_mask_path(tmp_path, tiny):
-    error = patches.legacy_export(tiny.model, tmp_path / "unpatched.onnx", patched=False)
+    error = patches.legacy_export(tiny.model, tmp_path / "unpatched.onnx")
     assert error is not None and "unordered_map::at" in error
-    assert patches.legacy_export(tiny.model, tmp_path / "patched.onnx", patched=True) is None
+    assert patches.legacy_export(tiny.model, tmp_path / "patched.onnx",
+                                 patch=patches.index_based_attention_mask) is None
     ids, mask = export.example_inputs(tiny.model.config.vocab_size, batch=1, sequence=5)
     with torch.no_grad():
         ref = tiny.model(input_ids=ids, attention_mask=mask, use_cache=False).logits.numpy()
@@ -89,13 +90,47 @@ def test_patch_fixes_the_legacy_exporter_on_the_vmap_mask_path(tmp_path, tiny):
     assert np.abs(out - ref).max() < 1e-5
 
 
-def test_patches_are_undone():
+def test_patches_are_undone_in_reverse_order_also_after_an_error():
+    import onnxscript.rewriter as rewriter
     import transformers.masking_utils as masking
 
-    before = masking.AttentionMaskInterface._global_mapping["sdpa"]
-    with patches.export_patches():
-        assert masking.AttentionMaskInterface._global_mapping["sdpa"] is not before
-    assert masking.AttentionMaskInterface._global_mapping["sdpa"] is before
+    rules, mask = rewriter._DEFAULT_REWRITE_RULES, masking.AttentionMaskInterface._global_mapping["sdpa"]
+    with pytest.raises(KeyError):
+        with patches.export_patches(patches.index_based_attention_mask):
+            assert len(rewriter._DEFAULT_REWRITE_RULES) == len(rules) - 1
+            assert masking.AttentionMaskInterface._global_mapping["sdpa"] is not mask
+            raise KeyError("a failing export")
+    assert rewriter._DEFAULT_REWRITE_RULES is rules
+    assert masking.AttentionMaskInterface._global_mapping["sdpa"] is mask
+
+
+def test_the_mask_patch_observed_and_a_patch_that_forgets_to_restore():
+    import contextlib
+
+    import transformers.masking_utils as masking
+
+    checks.mask_patch(patches.observe(patches.index_based_attention_mask))
+
+    @contextlib.contextmanager
+    def leaky():
+        masking.AttentionMaskInterface._global_mapping["sdpa"] = lambda *a, **k: None
+        yield
+
+    seen = patches.observe(leaky)
+    assert seen == {"replaced": True, "restored": False, "error_passed": True, "restored_after_error": False}
+    with pytest.raises(AssertionError, match="restore it on exit"):
+        checks.mask_patch(seen)
+
+
+def test_export_with_runs_a_students_call_and_refuses_one_that_writes_nothing(tmp_path, tiny):
+    def call(wrapper, example, onnx_file):
+        export.torch_export(wrapper, example, onnx_file)
+
+    path = export.export_with(call, tiny.model, tmp_path / "ok", wrapper=export.LogitsWrapper(tiny.model))
+    checks.one_data_file(path)
+    with pytest.raises(export.ExportError, match="wrote no model.onnx"):
+        export.export_with(lambda *args: None, tiny.model, tmp_path / "nothing", wrapper=export.LogitsWrapper(tiny.model))
+    assert not (tmp_path / "nothing").exists()
 
 
 def test_unwritable_target_is_refused(tmp_path, tiny):

@@ -9,10 +9,19 @@ import pytest
 from nbgrader.api import Gradebook
 
 from labkit import course, grading
-from nbgrader_course import edit_cell, solution_lines
+from conftest import REPO
+from nbgrader_course import edit_cell, graded_points, solution_lines
 
 pytestmark = pytest.mark.slow
 NB = "01_env.ipynb"
+POINTS = graded_points(REPO / "source" / course.ASSIGNMENT / NB)
+FULL = sum(POINTS.values())
+
+
+def without(*grade_ids: str) -> float:
+    """Full marks less the points of these graded cells."""
+    return FULL - sum(POINTS[g] for g in grade_ids)
+
 LIMITS = grading.Limits(submission_s=600, cell_s=30, memory_gb=6)
 
 WRONG_WEIGHT_BYTES = "def weight_bytes(n_params, dtype):\n    return n_params * 4  # forgot the dtype\n"
@@ -127,36 +136,36 @@ WEIGHT_BYTES_MESSAGE = "fp16 stores each weight in 2 bytes"
 # student: (answers written into the solution cells, edits to the notebook, score,
 #           problems and integrity notes: substrings of the summary's; none expected when empty)
 CASES = {
-    "solver": ({}, [], 7, [], []),
+    "solver": ({}, [], FULL, [], []),
     "blank": ("blank", [], 0, ["test-weight-bytes: AssertionError"], []),
     "different": ({"weight-bytes": OTHER_WEIGHT_BYTES, "param-count": OTHER_PARAM_COUNT,
-                   "count-tokens": OTHER_COUNT_TOKENS}, [], 7, [], []),
-    "deleted_test": ({}, [("test-weight-bytes", dict(delete=True))], 7, [], []),
+                   "count-tokens": OTHER_COUNT_TOKENS}, [], FULL, [], []),
+    "deleted_test": ({}, [("test-weight-bytes", dict(delete=True))], FULL, [], []),
     "edited_test": ({"weight-bytes": WRONG_WEIGHT_BYTES},
-                    [("test-weight-bytes", dict(source="assert True"))], 5,
+                    [("test-weight-bytes", dict(source="assert True"))], without("test-weight-bytes"),
                     ["test-weight-bytes: AssertionError", WEIGHT_BYTES_MESSAGE], []),
-    "markdown_test": ({}, [("test-param-count", dict(cell_type="markdown"))], 7, [], []),
+    "markdown_test": ({}, [("test-param-count", dict(cell_type="markdown"))], FULL, [], []),
     "renamed": ({}, [("rename", {})], 0, ["01_env: not submitted (handed in: 01_env-Copy1.ipynb)"], []),
-    "raises": ({"weight-bytes": 'raise RuntimeError("I broke it")'}, [], 5,
+    "raises": ({"weight-bytes": 'raise RuntimeError("I broke it")'}, [], without("test-weight-bytes"),
                ["weight-bytes: RuntimeError: I broke it", "name 'weight_bytes' is not defined"], []),
-    "loops": ({"param-count": "while True:\n    pass\n" + OTHER_PARAM_COUNT}, [], 4,
+    "loops": ({"param-count": "while True:\n    pass\n" + OTHER_PARAM_COUNT}, [], without("test-param-count"),
               ["param-count: CellTimeoutError", "TimeoutError: stopped after 30 s"], []),
     "memory": ({"count-tokens": "import numpy as np\nhog = [np.ones(2**25) for _ in range(10**6)]\n"
-                + OTHER_COUNT_TOKENS}, [], 5, ["count-tokens: MemoryError", "raised NameError"], []),
-    "noisy": ({"count-tokens": NOISY_COUNT_TOKENS}, [], 7, [], []),
-    "one_wrong": ({"weight-bytes": WRONG_WEIGHT_BYTES}, [], 5,
+                + OTHER_COUNT_TOKENS}, [], without("test-count-tokens"), ["count-tokens: MemoryError", "raised NameError"], []),
+    "noisy": ({"count-tokens": NOISY_COUNT_TOKENS}, [], FULL, [], []),
+    "one_wrong": ({"weight-bytes": WRONG_WEIGHT_BYTES}, [], without("test-weight-bytes"),
                   ["test-weight-bytes: AssertionError", WEIGHT_BYTES_MESSAGE], []),
     # Changing the referee: the kernel's checks made no-ops, its errors hidden. The score is
     # the referee's, and the attempt is flagged.
-    "tamper_checks": ({"weight-bytes": TAMPER_CHECKS}, [], 5, [WEIGHT_BYTES_MESSAGE],
+    "tamper_checks": ({"weight-bytes": TAMPER_CHECKS}, [], without("test-weight-bytes"), [WEIGHT_BYTES_MESSAGE],
                       ["01_env: cell 1: changing the checks"]),
-    "hide_errors": ({"weight-bytes": HIDE_ERRORS}, [], 5, ["test-weight-bytes: AssertionError"],
+    "hide_errors": ({"weight-bytes": HIDE_ERRORS}, [], without("test-weight-bytes"), ["test-weight-bytes: AssertionError"],
                     ["01_env: cell 1: changing the checks"]),
     # Reading the answers: nothing of the course is there to read; the attempt is flagged.
-    "answer_hunt": ({"weight-bytes": ANSWER_HUNT}, [], 7, [],
+    "answer_hunt": ({"weight-bytes": ANSWER_HUNT}, [], FULL, [],
                     ["01_env: cell 1: reaching for the instructor's files"]),
-    # Calling the reference: qwen3_param_count (3 points) is labkit.param_count's job.
-    **{f"delegate_{how}": ({"param-count": code}, [], 4, ["test-param-count: AssertionError"],
+    # Calling the reference: qwen3_param_count is labkit.param_count's job.
+    **{f"delegate_{how}": ({"param-count": code}, [], without("test-param-count"), ["test-param-count: AssertionError"],
                            ["01_env: called labkit.models.param_count"])
        for how, code in DELEGATE_PARAM_COUNT.items()},
 }
@@ -188,7 +197,7 @@ def graded(tmp_path_factory):
 def test_each_submission_gets_the_score_it_earned(graded, student):
     root, table = graded
     *_, score, problems, flags = CASES[student]
-    assert course.submission_scores(root)[student] == (score, 7)
+    assert course.submission_scores(root)[student] == (score, FULL)
     assert table.loc[student, "score"] == score
     found = table.loc[student, "problems"]
     assert [p for p in problems if p not in found] == [], found
@@ -221,7 +230,7 @@ def test_submissions_graded_at_once_keep_their_own_files(tmp_path):
     _submit(root, "writer_b", {"weight-bytes": writes_artifacts("writer_b")}, [])
     table = grading.grade_class(root, workers=2, limits=LIMITS, progress=False)
     assert table["problems"].tolist() == ["", ""]
-    assert course.submission_scores(root) == {"writer_a": (7, 7), "writer_b": (7, 7)}
+    assert course.submission_scores(root) == {"writer_a": (FULL, FULL), "writer_b": (FULL, FULL)}
     windows = []
     for student in ("writer_a", "writer_b"):
         nb = nbformat.read(root / "autograded" / student / course.ASSIGNMENT / NB, as_version=4)
@@ -264,8 +273,8 @@ def test_regrading_one_student_gives_the_same_score(graded):
     root, table = graded
     again = grading.grade_class(root, students=["solver"], workers=1, limits=LIMITS, progress=False,
                                 csv=root / "regrade.csv")
-    assert again.loc[0, "score"] == table.loc["solver", "score"] == 7
-    assert course.submission_scores(root)["solver"] == (7, 7)
+    assert again.loc[0, "score"] == table.loc["solver", "score"] == FULL
+    assert course.submission_scores(root)["solver"] == (FULL, FULL)
 
 
 def test_a_submission_over_its_time_limit_is_stopped_and_the_batch_goes_on(graded):
@@ -275,8 +284,8 @@ def test_a_submission_over_its_time_limit_is_stopped_and_the_batch_goes_on(grade
                                 progress=False, csv=root / "slow.csv").set_index("student")
     assert table.loc["loops", "status"] == "timed out"
     assert "stopped at the 60 s limit" in table.loc["loops", "problems"]
-    assert course.submission_scores(root)["loops"] == (0, 7)
-    assert table.loc["solver", "score"] == 7
+    assert course.submission_scores(root)["loops"] == (0, FULL)
+    assert table.loc["solver", "score"] == FULL
     assert _processes_in("labkit-grade-loops-") == []  # the looping kernel did not outlive its limit
 
 

@@ -209,3 +209,58 @@ def test_bench_quant_exports_in_a_child_process_once(tmp_path, monkeypatch):
     assert artifacts.is_valid("qwen3-tiny", "fp32") and first["ratio"] < 0.5
     benchmarks.bench_quant("qwen3-tiny")
     assert len(calls) == 1  # the export was reused
+
+
+def test_a_students_quantize_call_runs_inside_the_pipeline_and_its_choices_are_read_back(tmp_path, tiny, tiny_onnx):
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    from labkit import checks
+
+    seen = {}
+
+    def per_tensor_call(float_path, out_path, reader, ranges_file, keep_float):
+        seen["keep_float"] = list(keep_float)
+        quantize_static(str(float_path), str(out_path), reader, calibration_cache_path=str(ranges_file),
+                        quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"], per_channel=False,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=keep_float,
+                        use_external_data_format=True, extra_options={"OpTypesToExcludeOutputQuantization": ["MatMul"]})
+
+    recipe = quantize.Recipe(weight_only=("model.layers.0.mlp.down_proj",), weight_type="s8")
+    path = quantize.quantize_int8_static(tiny_onnx, tmp_path / "mine", calibration.PromptReader(tiny.tokenizer, PROMPTS),
+                                         recipe, call=per_tensor_call)
+    assert "model.layers.0.mlp.down_proj/MatMul" in seen["keep_float"]
+    assert quantize.qdq_types(path) == {"activations": {"uint8"}, "weights": {"int8"}, "weight_scales": {0}}
+    with pytest.raises(AssertionError, match="per_channel=True"):
+        checks.quantize_call_types(path, "s8")
+    with pytest.raises(AssertionError, match="this CPU wants uint8"):
+        checks.quantize_call_types(path, "u8")
+    quantized, linears = quantize.static_linears(path)
+    assert (quantized, linears) == (linears - 1, tiny.model.config.num_hidden_layers * 7)
+
+
+def test_a_call_that_quantizes_what_must_stay_float_is_refused(tmp_path, tiny, tiny_onnx):
+    from onnxruntime.quantization import quantize_static
+
+    def ignores_keep_float(float_path, out_path, reader, ranges_file, keep_float):
+        quantize_static(str(float_path), str(out_path), reader, calibration_cache_path=str(ranges_file),
+                        op_types_to_quantize=["MatMul"], use_external_data_format=True)
+
+    for keep in [("model.layers.0.mlp.down_proj",), ()]:  # attention's products have no ranges either way
+        with pytest.raises(quantize.QuantizeError, match="nodes_to_exclude=keep_float"):
+            quantize.quantize_int8_static(tiny_onnx, tmp_path / "int8", calibration.PromptReader(tiny.tokenizer, PROMPTS),
+                                          quantize.Recipe(weight_only=keep), call=ignores_keep_float)
+        assert not (tmp_path / "int8").exists()
+
+
+def test_weight_only_everywhere_is_not_static_int8(tmp_path, tiny, tiny_onnx, int8):
+    from labkit import checks
+
+    assert checks.static_share(int8) > 0.9
+    every = tuple(f"model.layers.{i}.{kind}" for i in range(tiny.model.config.num_hidden_layers)
+                  for kind in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                               "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"))
+    path = quantize.quantize_int8_static(tiny_onnx, tmp_path / "weights-only", calibration.PromptReader(tiny.tokenizer, PROMPTS),
+                                         quantize.Recipe(weight_only=every))
+    checks.quantized_model(path)  # int8 weights: the old check passed this
+    with pytest.raises(AssertionError, match="read int8 activations"):
+        checks.static_share(path)

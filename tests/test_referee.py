@@ -107,6 +107,26 @@ from torch.export import Dim
 def make_dynamic_shapes():
     shared = {0: Dim("b"), 1: Dim("s", max=4096)}
     return (shared, dict(shared))
+""",
+        "patch": """import transformers.masking_utils as masking
+
+
+class index_based_mask:
+    def __enter__(self):
+        self.table = masking.AttentionMaskInterface._global_mapping
+        self.saved = saved = self.table["sdpa"]
+        self.table["sdpa"] = lambda *args, **kwargs: saved(*args, **dict(kwargs, use_vmap=False))
+        return self
+
+    def __exit__(self, *error):
+        self.table["sdpa"] = self.saved
+        return False
+""",
+        "export-call": """def export_model(wrapper, example, onnx_file):
+    with patches.export_patches():
+        torch.onnx.export(wrapper, example, f=str(onnx_file), dynamo=True, external_data=True, optimize=True,
+                          input_names=["input_ids", "attention_mask"], output_names=["logits"],
+                          dynamic_shapes=make_dynamic_shapes())
 """},
     "03_quant": {
         "reader": """\
@@ -144,6 +164,18 @@ for i in range(layers):
 my_recipe = quantize.Recipe(quant_format="QDQ", activation_type="u8", weight_type=quantize.default_weight_type(),
                             per_channel=True, weights_only_matmuls=True, smooth_alpha=0.6,
                             weight_only=tuple(keep_float), share_embedding=True)
+""",
+        "quantize-call": """from onnxruntime import quantization as q
+
+
+def quantize_call(float_path, out_path, reader, ranges_file, keep_float):
+    options = dict(quant_format=q.QuantFormat.QDQ, activation_type=q.QuantType.QUInt8,
+                   weight_type={"s8": q.QuantType.QInt8, "u8": q.QuantType.QUInt8}[quantize.default_weight_type()],
+                   per_channel=True, op_types_to_quantize=["MatMul"], nodes_to_exclude=list(keep_float),
+                   calibration_cache_path=ranges_file, use_external_data_format=True,
+                   extra_options={"OpTypesToExcludeOutputQuantization": ["MatMul"]})
+    q.quantize_static(model_input=str(float_path), model_output=str(out_path), calibration_data_reader=reader,
+                      **options)
 """},
     "04_chat": {
         "loop": """\
@@ -208,12 +240,20 @@ summary = pd.DataFrame(rows, columns=["engine", "precision", "cache", "compressi
 DELEGATING = {
     "02_export": ({"wrapper": "class Wrapper(export.LogitsWrapper):\n    pass\n",
                    "dynamic-shapes": "from labkit.export import dynamic_shapes as make_dynamic_shapes\n"},
-                  set(), ["labkit.export.LogitsWrapper", "labkit.export.dynamic_shapes"]),
+                  {"test-patch"}, ["labkit.export.LogitsWrapper", "labkit.export.dynamic_shapes"]),
+    # The wrapper written, the patch and the export call labkit's: the graph checks fail too.
+    "02_export:patch-and-call": ({"patch": "index_based_mask = patches.index_based_attention_mask\n",
+                                  "export-call": "def export_model(wrapper, example, onnx_file):\n"
+                                                 "    getattr(export, 'torch_' + 'export')(wrapper, example, onnx_file)\n"},
+                                 {"test-wrapper", "test-dynamic-shapes"},
+                                 ["labkit.patches.index_based_attention_mask", "labkit.export.torch_export"]),
     "03_quant": ({"reader": DIFFERENT["03_quant"]["reader"].replace(
                       "    ids = tokenizer.apply_chat_template", "    return calibration.PromptReader._feed("
                       "tokenizer, prompt, MAX_TOKENS)\n    ids = tokenizer.apply_chat_template"),
-                  "recipe": "my_recipe = getattr(quantize, 'lab_' + 'recipe')(loaded.model, None)\n"},
-                 set(), ["labkit.calibration.PromptReader._feed", "labkit.quantize.lab_recipe"]),
+                  "recipe": "my_recipe = getattr(quantize, 'lab_' + 'recipe')(loaded.model, None)\n",
+                  "quantize-call": "quantize_call = quantize.static_call\n"},
+                 set(), ["labkit.calibration.PromptReader._feed", "labkit.quantize.lab_recipe",
+                         "labkit.quantize.static_call"]),
     "04_chat": ({"loop": """\
 import importlib
 import labkit.generate as g
@@ -266,10 +306,10 @@ def test_a_correct_submission_written_differently_keeps_full_marks(tmp_path, nam
 @pytest.mark.parametrize("name", sorted(DELEGATING))
 def test_reaching_for_labkits_answers_scores_zero_on_those_tasks_and_is_flagged(tmp_path, name):
     overrides, keep, reached = DELEGATING[name]
-    report, score, points = _grade(tmp_path, name, overrides, f"delegating-{name}")
+    report, score, points = _grade(tmp_path, name.split(":")[0], overrides, f"delegating-{name.replace(':', '-')}")
     assert score == sum(points[g] for g in keep)
     assert {g for g, v in report.verdicts.items() if v.passed} == keep
     for qualname in reached:
-        assert f"{name}: called {qualname}" in report.integrity
+        assert f"{name.split(':')[0]}: called {qualname}" in report.integrity
     assert any("labkit's reference answers" in v.message or "write it yourself" in v.message
                for v in report.verdicts.values())

@@ -28,8 +28,36 @@ def test_release_has_the_notebooks_in_order(built):
 
 def test_graded_cells_have_ids_unique_across_the_assignment():
     # Grade reports and the grading summary name a check by its id alone.
-    ids = [i for nb in sorted(SOURCE.glob("*.ipynb")) for i in graded_points(nb)]
+    ids = [i for nb in sorted(SOURCE.glob("*.ipynb")) for manual in (False, True) for i in graded_points(nb, manual)]
     assert ids and sorted(set(ids)) == sorted(ids)
+
+
+# Tasks a line of code answers: together at most a tenth of the auto-graded points.
+ONE_LINERS = {"test-weight-bytes", "test-count-tokens", "check-graph", "check-summary"}
+
+
+def test_points_go_to_the_work():
+    auto = {g: p for nb in SOURCE.glob("*.ipynb") for g, p in graded_points(nb).items()}
+    written = {g: p for nb in SOURCE.glob("*.ipynb") for g, p in graded_points(nb, manual=True).items()}
+    assert ONE_LINERS <= set(auto)
+    assert sum(auto[g] for g in ONE_LINERS) <= 0.10 * sum(auto.values())
+    share = sum(written.values()) / (sum(auto.values()) + sum(written.values()))
+    assert 0.18 <= share <= 0.22, f"the written answers are {share:.0%} of the total"
+
+
+@pytest.mark.parametrize("notebook", sorted(SOURCE.glob("*.ipynb")), ids=lambda p: p.name)
+def test_each_written_answer_follows_its_question_and_rubric(notebook):
+    import nbformat
+
+    cells = nbformat.read(notebook, as_version=4).cells
+    for i, cell in enumerate(cells):
+        meta = cell.metadata.get("nbgrader", {})
+        if cell.cell_type == "markdown" and meta.get("grade"):
+            question = next(c for c in reversed(cells[:i]) if c.cell_type == "markdown")
+            assert question.cell_type == "markdown" and question.metadata["nbgrader"].get("locked"), meta["grade_id"]
+            assert "Rubric" in question.source and "graded by hand" in "".join(
+                c.source for c in cells[:i] if c.cell_type == "markdown"), meta["grade_id"]
+            assert meta.get("solution") and "### BEGIN SOLUTION" in cell.source, meta["grade_id"]
 
 
 @pytest.mark.parametrize("notebook", sorted(SOURCE.glob("*.ipynb")), ids=lambda p: p.name)
