@@ -328,7 +328,7 @@ def points(submission) -> dict[str, float]:
     grades = [g for nb in submission.notebooks for g in nb.grades]
     auto = [g for g in grades if g.cell.cell_type == "code"]
     return {"score": submission.score, "max_score": submission.max_score,
-            "auto_score": sum(g.score for g in auto), "auto_max": sum(g.max_score for g in auto),
+            "auto_score": sum(g.score or 0 for g in auto), "auto_max": sum(g.max_score for g in auto),
             "manual_pending": sum(g.max_score for g in grades if g.cell.cell_type != "code" and g.manual_score is None)}
 
 
@@ -339,8 +339,7 @@ def grade_class(root: Path, assignment: str = course.ASSIGNMENT, students: list[
                 csv: Path | None = None, progress: bool = True):
     """Grade every submission (or `students`) in parallel; returns the summary DataFrame
     (student, score, max_score, auto_score, auto_max, manual_pending, status, seconds, peak_rss_gb,
-    problems, integrity) and writes
-    it as CSV (default `root/grading_summary.csv`)."""
+    problems, integrity) and writes it as CSV (default `root/grading_summary.csv`)."""
     import pandas as pd
     from dask.distributed import Client, LocalCluster, as_completed
     from tqdm.auto import tqdm
@@ -371,8 +370,8 @@ def grade_class(root: Path, assignment: str = course.ASSIGNMENT, students: list[
                 outcome = Outcome(student, "failed", 0.0, 0.0,
                                   problems=[f"worker: {type(exc).__name__}: {exc}"])
             scored = merge(root, assignment, outcome)
-            rows.append(dict(student=outcome.student, **scored, status=outcome.status, seconds=round(outcome.seconds, 1),
-                             peak_rss_gb=round(outcome.peak_rss_gb, 2),
+            rows.append(dict(student=outcome.student, **scored, status=outcome.status,
+                             seconds=round(outcome.seconds, 1), peak_rss_gb=round(outcome.peak_rss_gb, 2),
                              problems="; ".join(outcome.problems), integrity="; ".join(outcome.integrity)))
             bar.set_postfix_str(f"{outcome.student}: {scored['auto_score']:g}/{scored['auto_max']:g} auto")
             bar.update()

@@ -58,6 +58,11 @@ def external_files(model: onnx.ModelProto) -> list[str]:
     return found
 
 
+def producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    """Each tensor a node computes -> that node."""
+    return {output: node for node in graph.node for output in node.output}
+
+
 def file_bytes(path: str | Path) -> int:
     """Size on disk of the model file plus its external data."""
     path = Path(path)

@@ -107,8 +107,9 @@ def vmap_mask_path():
 
 
 class _Logits(torch.nn.Module):
-    """The model with plain tensors in and out (the legacy exporter's own wrapper, so
-    that the demonstration does not depend on the student's)."""
+    """The model with plain tensors in and out, for the legacy export. Not export.LogitsWrapper:
+    that is task 1's answer, switched off in the grader's child, where this export runs inside
+    the student's patch."""
 
     def __init__(self, model):
         super().__init__()

@@ -45,7 +45,7 @@ def _import_nbits_quantizer():
     return matmul_nbits_quantizer
 from .calibration import channel_ranges, validate_reader
 from .errors import LabkitError
-from .onnx_graph import file_bytes, graph_io, load_graph, set_metadata
+from .onnx_graph import file_bytes, graph_io, load_graph, producers, set_metadata
 from .paths import MODEL_FILE, check_writable, staged_dir
 
 QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
@@ -158,7 +158,7 @@ def _share_int8_embedding(graph: onnx.ModelProto) -> None:
     """Make the embedding lookup read lm_head's 8-bit [hidden, vocab] weight: gather
     columns, subtract their zero points (u8 weights), scale, transpose. The float
     embedding matrix is then unused."""
-    producer = {o: n for n in graph.graph.node for o in n.output}
+    producer = producers(graph.graph)
     lm_head = next(n for n in graph.graph.node if n.op_type == "MatMul" and n.name.startswith("lm_head"))
     quantized, scale, *zero_point = producer[lm_head.input[1]].input
     weights = onnx_weights.initializers(graph)
@@ -253,10 +253,11 @@ def _check_call_output(path: Path, keep_float: list[str]) -> None:
     if not path.is_file():
         raise QuantizeError(f"the quantize call wrote no file at {path.name}: save to the output path it is given")
     graph = load_graph(path)
-    producer = {o: n.op_type for n in graph.graph.node for o in n.output}
+    producer = producers(graph.graph)
     # The second input only: a MatMul's activation may share its QuantizeLinear with a
     # quantized neighbour (up_proj with gate_proj), which is not the call's doing.
-    touched = [n.name for n in graph.graph.node if n.name in keep_float and producer.get(n.input[1]) == "DequantizeLinear"]
+    touched = [n.name for n in graph.graph.node if n.name in keep_float and n.input[1] in producer
+               and producer[n.input[1]].op_type == "DequantizeLinear"]
     if touched:
         raise QuantizeError(f"the quantize call quantized {len(touched)} node(s) that must stay float, e.g. "
                             f"{touched[0]}: pass nodes_to_exclude=keep_float")
@@ -387,7 +388,7 @@ def static_linears(path: str | Path) -> tuple[int, int]:
     the MatMuls in model.layers whose second input is a weight, float or dequantized."""
     graph = load_graph(path).graph
     weights = {t.name for t in graph.initializer}
-    producer = {o: n for n in graph.node for o in n.output}
+    producer = producers(graph)
 
     def dequantized(name: str, of_weight: bool) -> bool:
         node = producer.get(name)
@@ -405,7 +406,7 @@ def qdq_types(path: str | Path) -> dict[str, set]:
     tensor)}, as names like "uint8"."""
     graph = load_graph(path).graph
     weights = {t.name: t for t in graph.initializer}
-    producer = {o: n for n in graph.node for o in n.output}
+    producer = producers(graph)
     element = onnx.helper.tensor_dtype_to_np_dtype
     found = {"activations": set(), "weights": set(), "weight_scales": set()}
     for node in graph.node:

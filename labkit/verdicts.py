@@ -238,8 +238,9 @@ def _regular_export(folder: Path, target: Path, name: str = paths.MODEL_FILE) ->
 def _mask_patch(child: Child, ctx: Ctx) -> None:
     """The legacy export on the vmap mask path, inside the student's patch: the graph must
     compute the tiny model's logits; then what the patch does to the registry."""
-    import onnxruntime as ort
     import torch
+
+    from .runtime import session
 
     error = child.value("patches.legacy_export(tiny.model, 'patched.onnx', patch=index_based_mask)",
                         "patches.legacy_export(tiny.model, path, patch=index_based_mask)")
@@ -249,8 +250,7 @@ def _mask_patch(child: Child, ctx: Ctx) -> None:
     ids = ctx.rng.integers(0, tiny.model.config.vocab_size, (1, int(ctx.rng.integers(3, 12)))).astype(np.int64)
     with torch.no_grad():
         reference = tiny.model(input_ids=torch.from_numpy(ids), use_cache=False).logits.numpy()
-    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
-        None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0]
+    got = session(path).run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0]
     assert got.shape == reference.shape and np.abs(got - reference).max() < 1e-4, (
         "the graph exported inside your patch does not compute the model's logits: pass every argument "
         "through to the original mask function")
@@ -409,8 +409,8 @@ def _quantize_call(child: Child, ctx: Ctx) -> None:
     from .runtime import session
 
     tiny = ctx.state["tiny"]
-    float_dir = child.workdir / "tiny-fp32"
-    shutil.copytree(_tiny_fp32(tiny).parent, float_dir)
+    fp32 = _tiny_fp32(tiny)
+    shutil.copytree(fp32.parent, child.workdir / "tiny-fp32")
     # o_proj and down_proj: the linears whose input no other linear reads (q/k/v and gate/up
     # share theirs, and with it a quantizer).
     linears = [f"model.layers.{layer}.{kind}" for layer in range(tiny.model.config.num_hidden_layers)
@@ -429,9 +429,9 @@ def _quantize_call(child: Child, ctx: Ctx) -> None:
     quantized, total = quantize.static_linears(path)
     assert quantized == total - len(keep), (
         f"{quantized} of {total} decoder linears read int8 activations; all but the {len(keep)} in keep_float should")
-    reference = quantize.quantize_int8_static(_tiny_fp32(tiny), ctx.scratch / "reference", calibration.FeedReader(feeds),
+    reference = quantize.quantize_int8_static(fp32, ctx.scratch / "reference", calibration.FeedReader(feeds),
                                               recipe)
-    float_session, mine, ours = session(_tiny_fp32(tiny)), session(path), session(reference)
+    float_session, mine, ours = session(fp32), session(path), session(reference)
     for feed in feeds:
         exact = float_session.run(["logits"], feed)[0]
         error = np.abs(mine.run(["logits"], feed)[0] - exact).mean()
