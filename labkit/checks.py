@@ -237,6 +237,28 @@ def kv_graph(path: str | Path, layers: int) -> None:
                 "must be symbolic (a named dim in dynamic_shapes)")
 
 
+def kv_prefill_logits(path: str | Path, model, length: int = 7) -> None:
+    """A prefill (empty past) through the KV graph gives the PyTorch model's logits."""
+    import numpy as np
+    import torch
+
+    from .export_kv import cache_shape, input_names
+    from .runtime import session
+
+    config = model.config
+    ids = np.arange(3, 3 + length, dtype=np.int64)[None] % config.vocab_size
+    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.arange(length)[None],
+            **{name: np.zeros(cache_shape(config, 1, 0), np.float32)
+               for name in input_names(config.num_hidden_layers)[3:]}}
+    got = session(path).run(["logits"], feed)[0]
+    with torch.no_grad():
+        expected = model(input_ids=torch.from_numpy(ids), use_cache=False).logits.numpy()
+    diff = float(np.abs(got - expected).max())
+    assert diff <= LOGIT_TOLERANCE, (
+        f"a prefill through your graph gives logits up to {diff:.2e} from the model's (limit {LOGIT_TOLERANCE:g}): "
+        "pass input_ids, attention_mask, position_ids and the cache built from past to the model")
+
+
 def faster(fast, slow, repeats: int = 2) -> float:
     """Best-of-`repeats` time of `slow()` over `fast()`, measured now, side by side;
     fails unless `fast` is faster. Returns the ratio."""

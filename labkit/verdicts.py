@@ -294,8 +294,7 @@ def _parity(ctx: Ctx, path: Path):
 EXPORT = Notebook(
     prelude=EXPORT_PRELUDE,
     forbidden=["labkit.export.LogitsWrapper", "labkit.export.dynamic_shapes", "labkit.export.export_onnx",
-               "labkit.export.torch_export", "labkit.patches.index_based_attention_mask",
-               "labkit.export_kv.KVWrapper", "labkit.export_kv.dynamic_shapes"],
+               "labkit.export.torch_export", "labkit.patches.index_based_attention_mask"],
     context=_context_02,
     tasks={"test-wrapper": _wrapper, "test-dynamic-shapes": _dynamic_shapes, "test-patch": _mask_patch,
            "check-input-names": _graph_check(lambda p, c: checks.input_names(p, ["input_ids", "attention_mask"])),
@@ -568,8 +567,11 @@ CHAT = Notebook(
 KV_PRELUDE = """\
 import time
 import numpy as np
+import torch
 import labkit
-from labkit import artifacts, charts, checks, decode_bench, generate, onnx_graph, parity, quality, results, runtime
+from labkit import (artifacts, charts, checks, decode_bench, export_kv, generate, models, onnx_graph, parity, quality,
+                    results, runtime)
+tiny = models.tiny_qwen3()
 from labkit.paths import shared_dir
 tokenizer = labkit.load_tokenizer()
 layers = context["layers"]
@@ -608,7 +610,31 @@ def _context_05(rng):
     bench = _bench(rng)
     return Ctx(rng, {"kv": _shared_relative(with_cache), "layers": layers, "bench": bench},
                {"tokenizer": loaded.tokenizer, "stop": generate.stop_ids(loaded.tokenizer), "layers": layers,
-                "no_cache": runtime.session(fp32), "bench": bench})
+                "no_cache": runtime.session(fp32), "bench": bench, "tiny": models.tiny_qwen3()})
+
+
+def _kv_wrapper(child: Child, ctx: Ctx) -> None:
+    """The tiny Qwen3 exported in the child with the student's CacheWrapper: its inputs and
+    outputs, and greedy tokens through its cache against the no-cache loop on labkit's
+    export of the same model, on drawn prompts."""
+    from . import generate
+    from .runtime import session
+
+    from .export_kv import input_names, output_names
+
+    tiny = ctx.state["tiny"]
+    layers = tiny.model.config.num_hidden_layers
+    child.value("str(export_kv.export_kv(tiny.model, 'kv-yours', wrapper=CacheWrapper(tiny.model), "
+                "names=probe['names']))", "export_kv.export_kv(model, out_dir, wrapper=CacheWrapper(model))",
+                names=[input_names(layers), output_names(layers)])
+    path = _regular_export(child.workdir / "kv-yours", ctx.scratch / "kv-yours")
+    checks.kv_graph(path, layers)
+    cached, no_cache = session(path), session(_tiny_fp32(tiny))
+    stop = generate.stop_ids(tiny.tokenizer)
+    for prompt in prompts(ctx.rng, 3):
+        ids = chat_ids(tiny.tokenizer, prompt)
+        got = generate.generate(generate.KVCache(cached), ids, max_new_tokens=16, stop=stop).tokens
+        checks.same_tokens(got, reference_tokens(no_cache, ids, 16, stop), tiny.tokenizer, prompt)
 
 
 def _cache_names(child: Child, ctx: Ctx) -> None:
@@ -679,9 +705,9 @@ def _prepare_05() -> None:
 
 KV = Notebook(
     prelude=KV_PRELUDE,
-    forbidden=LOOPS + ["labkit.export_kv.input_names", "labkit.export_kv.output_names"],
+    forbidden=LOOPS + ["labkit.export_kv.input_names", "labkit.export_kv.output_names", "labkit.export_kv.KVWrapper"],
     context=_context_05,
-    tasks={"check-graph": _cache_names, "check-cached-tokens": _cached_tokens, "check-speed": _speed,
+    tasks={"test-kv-wrapper": _kv_wrapper, "check-graph": _cache_names, "check-cached-tokens": _cached_tokens, "check-speed": _speed,
            "check-summary": _summary},
     prepare=_prepare_05)
 

@@ -88,6 +88,28 @@ def test_the_same_student_gets_the_same_draws_and_another_student_others(tmp_pat
 
 # ---------------------------------------------------------------- notebooks 02-05
 
+KV_WRAPPER_DIFFERENT = """\
+import transformers
+
+
+class CacheWrapper(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.layers = model.config.num_hidden_layers
+
+    def forward(self, input_ids, attention_mask, position_ids, past):
+        cache = transformers.DynamicCache(config=self.model.config)
+        for layer, (keys, values) in enumerate(zip(past[0::2], past[1::2])):
+            cache.update(keys, values, layer)
+        out = self.model(input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         past_key_values=cache, use_cache=True, return_dict=True)
+        flat = [out.logits]
+        for layer in out.past_key_values.layers:
+            flat += [layer.keys, layer.values]
+        return tuple(flat)
+"""
+
 DIFFERENT = {
     "02_export": {
         "wrapper": """\
@@ -193,6 +215,7 @@ def greedy_generate(session, prompt_ids, max_new_tokens, stop_ids):
     return produced
 """},
     "05_kvcache": {
+        "kv-wrapper": KV_WRAPPER_DIFFERENT,
         "names": """\
 def cache_input_names(layers):
     names = []
@@ -263,7 +286,8 @@ importlib.reload(g)
 def greedy_generate(session, prompt_ids, max_new_tokens, stop_ids):
     return g.generate(g.NoCache(session), prompt_ids, max_new_tokens=max_new_tokens, stop=stop_ids).tokens
 """}, set(), ["labkit.generate.NoCache"]),
-    "05_kvcache": ({"names": "from labkit.export_kv import input_names\n\n\ndef cache_input_names(layers):\n"
+    "05_kvcache": ({"kv-wrapper": "class CacheWrapper(export_kv.KVWrapper):\n    pass\n",
+                    "names": "from labkit.export_kv import input_names\n\n\ndef cache_input_names(layers):\n"
                              "    return input_names(layers)[3:]\n",
                     "loop": """\
 import importlib.util
@@ -278,7 +302,7 @@ spec.loader.exec_module(copied)
 def cached_generate(session, prompt_ids, max_new_tokens, stop_ids):
     return copied.generate(copied.KVCache(session), prompt_ids, max_new_tokens=max_new_tokens,
                            stop=stop_ids).tokens
-"""}, {"check-summary"}, ["labkit.export_kv.input_names", "labkit.generate.KVCache"]),
+"""}, {"check-summary"}, ["labkit.export_kv.KVWrapper", "labkit.export_kv.input_names", "labkit.generate.KVCache"]),
 }
 
 
@@ -313,3 +337,16 @@ def test_reaching_for_labkits_answers_scores_zero_on_those_tasks_and_is_flagged(
         assert f"{name.split(':')[0]}: called {qualname}" in report.integrity
     assert any("labkit's reference answers" in v.message or "write it yourself" in v.message
                for v in report.verdicts.values())
+
+
+@pytest.mark.slow
+def test_a_cache_wrapper_that_drops_the_past_loses_only_its_task(tmp_path):
+    """Wrong work, not delegation: the model called without the cache it was handed. Its
+    graph has every name and a right prefill; its decode steps see no past."""
+    forgetful = KV_WRAPPER_DIFFERENT.replace("past_key_values=cache, ", "")
+    report, score, points = _grade(tmp_path, "05_kvcache", {**DIFFERENT["05_kvcache"], "kv-wrapper": forgetful},
+                                   "forgetful")
+    assert {g for g, v in report.verdicts.items() if not v.passed} == {"test-kv-wrapper"}
+    assert score == sum(points.values()) - points["test-kv-wrapper"]
+    assert "tokens" in report.verdicts["test-kv-wrapper"].message
+    assert report.integrity == []
