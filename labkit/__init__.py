@@ -1,10 +1,11 @@
 """labkit: the code behind the on-device LLM deployment lab's notebooks."""
 from .models import grading as autograding, load, load_config, load_tokenizer, param_count, resolve_name
 from .paths import artifacts_dir
+from .messages import say
 from .quiet import notebook_setup
 
 __all__ = ["artifacts_dir", "autograding", "demonstration", "load", "load_config", "load_tokenizer",
-           "notebook_setup", "param_count", "resolve_name"]
+           "notebook_setup", "param_count", "resolve_name", "say"]
 
 
 def demonstration(what: str) -> bool:

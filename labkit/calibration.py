@@ -15,6 +15,7 @@ from onnxruntime.quantization import CalibrationDataReader
 from tqdm.auto import tqdm
 
 from .errors import LabkitError
+from .messages import say
 from .runtime import observing_session
 
 
@@ -83,12 +84,12 @@ def validate_reader(reader: CalibrationDataReader, graph_inputs: list[dict]) -> 
     if hasattr(reader, "rewind"):
         reader.rewind()
     if not feed:
-        raise ReaderMismatch(f"the calibration reader yielded nothing; it must yield dicts with {wanted}")
+        raise ReaderMismatch(say("reader.empty", wanted=wanted))
     if set(feed) != set(expected):
-        raise ReaderMismatch(f"the reader yields {sorted(feed)}, the graph expects {wanted}")
+        raise ReaderMismatch(say("reader.names", got=sorted(feed), wanted=wanted))
     wrong = {n: str(np.asarray(v).dtype) for n, v in feed.items() if str(np.asarray(v).dtype) != expected[n]}
     if wrong:
-        raise ReaderMismatch(f"wrong dtypes {wrong}; the graph expects {wanted}")
+        raise ReaderMismatch(say("reader.dtypes", wrong=wrong, wanted=wanted))
 
 
 def channel_ranges(model_path: str | Path, reader: CalibrationDataReader, tensors: list[str],

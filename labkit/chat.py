@@ -9,10 +9,12 @@ chat keeps working.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import generate, runtime
+from .messages import label, say
 from .generate import NoCache, Result, Sampling, TextStream
 
 
@@ -39,6 +41,7 @@ class Chat:
         self.max_new_tokens, self.sampling, self.system = max_new_tokens, sampling, system
         self.enable_thinking, self.loop, self.threads = enable_thinking, loop, threads
         self.history: list[dict] = []
+        self.graph = ""
         self.transcript: list[Turn] = []
         self.stepper = None
         self._stop = threading.Event()
@@ -52,9 +55,10 @@ class Chat:
             session = runtime.session(graph, self.threads) if isinstance(graph, (str, Path)) else graph
             self.stepper = self.loop(session)
         except Exception as error:  # noqa: BLE001 - any failure becomes a notice, the chat goes on
-            self._notice(f"cannot use {graph}: {error}")
+            self._notice(say("chat.cannot_use", graph=graph, error=error))
             return False
         self.label = label or self.label
+        self.graph = str(graph) if isinstance(graph, (str, Path)) else getattr(session, "_model_path", "session")
         return True
 
     def send(self, message: str, on_text=None) -> Result | None:
@@ -62,14 +66,14 @@ class Chat:
         None (and adds a notice) when there is nothing to answer."""
         message = (message or "").strip()
         if not message:
-            return self._notice("type a message first")
+            return self._notice(say("chat.type_first", sep=" / "))
         if self.stepper is None:
-            return self._notice("no model loaded; give the chat a graph with use(path)")
+            return self._notice(say("chat.no_model", sep=" / "))
         prompt = self._prompt(self.history + [{"role": "user", "content": message}])
         if prompt is None:
             alone = len(self._render([{"role": "user", "content": message}]))
-            return self._notice(f"your message is {alone} tokens; with {self.max_new_tokens} tokens for the reply "
-                                f"it does not fit the context of {self.context} tokens. Shorten it.")
+            return self._notice(say("chat.too_long", sep=" ", tokens=alone, reply=self.max_new_tokens,
+                                    context=self.context))
         self.transcript.append(Turn("user", message))
         reply = Turn("assistant", "")
         self.transcript.append(reply)
@@ -87,13 +91,12 @@ class Chat:
         except Exception as error:  # noqa: BLE001
             self.transcript.remove(reply)
             self.transcript.pop()  # the message: it was not answered, so it is not history either
-            return self._notice(f"generation failed: {error}")
+            return self._notice(say("chat.failed", sep=" / ", error=error))
         reply.text = result.text
-        reply.timing = result.timing() + (" (stopped)" if result.stopped_by == "stop" else "")
+        reply.timing = result.timing() + (" " + say("chat.stopped", sep=" ") if result.stopped_by == "stop" else "")
         self.history += [{"role": "user", "content": message}, {"role": "assistant", "content": result.text}]
         if result.stopped_by == "repetition":
-            self._notice("the reply was going round in circles, so it was stopped (回复在重复，已停止). "
-                         "Ask again in other words, or raise the temperature.")
+            self._notice(say("chat.looping", sep=" "))
         return result
 
     def stop(self) -> None:
@@ -105,7 +108,8 @@ class Chat:
         self.transcript.clear()
 
     def markdown(self) -> str:
-        names = {"user": "**You**", "assistant": f"**{self.label}**", "notice": "_notice_"}
+        names = {"user": f"**{label('chat.you')}**", "assistant": f"**{self.label}**",
+                 "notice": f"_{label('chat.notice')}_"}
         lines = []
         for turn in self.transcript:
             lines.append(f"{names[turn.role]}: {turn.text}")
@@ -115,7 +119,10 @@ class Chat:
 
     def save(self, path: str | Path = "chat_transcript.md") -> Path:
         path = Path(path)
-        path.write_text(f"# Chat with {self.label}\n\n" + self.markdown(), encoding="utf-8")
+        about = say("chat.transcript_about", sep="  \n", model=self.label, graph=self.graph,
+                    sampling=", ".join(f"{k}={v}" for k, v in asdict(self.sampling).items() if k != "seed"), when=time.strftime("%Y-%m-%d %H:%M"))
+        path.write_text(f"# {label('chat.title', label=self.label)}\n\n{about}\n\n" + self.markdown(),
+                        encoding="utf-8")
         return path
 
     def _render(self, messages: list[dict]) -> list[int]:
@@ -140,7 +147,7 @@ class Chat:
 
 def run_terminal(chat: Chat, read=input, write=print) -> None:
     """The chat in a terminal: Ctrl-C stops a reply, /clear, /save [path], /quit."""
-    write(f"Chat with {chat.label}. Ctrl-C stops a reply; /clear, /save [file], /quit.")
+    write(f"{label('chat.title', label=chat.label)}. {say('chat.terminal_help', sep=' ')}")
     shown = 0
     while True:
         for turn in chat.transcript[shown:]:  # notices from loading or from the last message
@@ -160,7 +167,7 @@ def run_terminal(chat: Chat, read=input, write=print) -> None:
             shown = 0
             continue
         if command == "/save":
-            write(f"saved to {chat.save(argument or 'chat_transcript.md')}")
+            write(label("chat.saved", path=chat.save(argument or "chat_transcript.md")))
             continue
         if not message.strip():
             chat.send(message)  # a notice says what to do

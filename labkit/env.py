@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 from .paths import artifacts_dir
+from .messages import say
 
 GB = 1024**3
 # The handbook's advice for Qwen3-1.7B: the FP32 export briefly needs a lot of RAM.
@@ -54,13 +55,8 @@ def int8_kernel_note() -> str:
     """What this CPU means for INT8, in a sentence a student reads in notebook 03 and the chat
     box (Chinese first). Figures: the README's quantization table, VNNI vs AVX2-only EPYC."""
     if int8_products_saturate():
-        return ("这台 CPU 有 AVX2，没有 VNNI/AMX：INT8 矩阵乘法走较慢的 u8×u8 内核，INT8 约为 FP32 的 1.3 倍速"
-                "（有 VNNI 的 CPU 约 1.9 倍），回答也比 FP32 偏离得多一些。这不是你的错。 "
-                "This CPU has AVX2 but no VNNI or AMX: INT8 products run on a slower u8 x u8 kernel, so INT8 is "
-                "about 1.3x FP32 here (about 1.9x with VNNI) and its answers stray a little further from FP32's. "
-                "Nothing you did wrong.")
-    return ("这台 CPU 有整数点积指令（VNNI/AMX 或 Arm dotprod）：INT8 走快速内核。 "
-            "This CPU has integer dot-product instructions (VNNI/AMX, or Arm's): INT8 runs on the fast kernels.")
+        return say("env.int8_avx2", sep=" ")
+    return say("env.int8_fast", sep=" ")
 
 
 def package_versions() -> dict[str, dict]:

@@ -24,6 +24,8 @@ import sys
 import types
 from pathlib import Path
 
+from .messages import say
+
 PACKAGE = Path(__file__).resolve().parent
 HITS: list[str] = []  # the answers reached, in order (the child reports them with each reply)
 
@@ -102,10 +104,10 @@ def guard(original: Path) -> None:
 
     def hook(event: str, args: tuple) -> None:
         if event == "open" and _under(args[0], folder):
-            raise PermissionError(f"reading labkit's original code is not allowed while grading: {args[0]}")
+            raise PermissionError(say("lockdown.read", path=args[0]))
         if event == "exec" and isinstance(args[0], types.CodeType) and _under(args[0].co_filename, folder):
-            raise PermissionError("running labkit's original code is not allowed while grading")
+            raise PermissionError(say("lockdown.run"))
         if event == "compile" and len(args) > 1 and args[1] is not None and _under(args[1], folder):
-            raise PermissionError("compiling labkit's original code is not allowed while grading")
+            raise PermissionError(say("lockdown.compile"))
 
     sys.addaudithook(hook)

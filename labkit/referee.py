@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import integrity, lockdown, paths, sandbox, wire
+from .messages import REFUSAL_MARKS, say
 
 KEY_FILE = ".labkit-referee-key"   # in the course folder: the secret the inputs are drawn from
 CHILD_START_S = 120.0              # importing torch and labkit
@@ -166,10 +167,10 @@ class Child:
         try:
             code = self.proc.wait(timeout=2)
         except subprocess.TimeoutExpired:
-            return "your code did not finish in time"
+            return say("referee.timeout", limit="")
         self.log.seek(0)
         last = [line for line in self.log.read()[-2000:].splitlines() if line.strip()][-1:]
-        return f"the grading process ended (exit code {code}{': ' + last[0][:200] if last else ''})"
+        return say("referee.process_ended", code=code, last=": " + last[0][:200] if last else "")
 
     def _receive(self, timeout: float) -> dict:
         deadline = time.monotonic() + timeout
@@ -177,14 +178,14 @@ class Child:
             left = deadline - time.monotonic()
             if left <= 0 or not self.selector.select(left):
                 self.close()
-                raise ChildGone(f"your code did not finish in time (limit {timeout:.0f} s)")
+                raise ChildGone(say("referee.timeout", limit=f" ({timeout:.0f} s)"))
             chunk = os.read(self.replies.fileno(), 1 << 20)
             if not chunk:
                 raise ChildGone(self._gone())
             self.buffer += chunk
             if len(self.buffer) > wire.MAX_LINE:
                 self.close()
-                raise ChildGone("your code returned more data than the grader accepts")
+                raise ChildGone(say("referee.too_much"))
         line, self.buffer = self.buffer.split(b"\n", 1)
         try:
             message = json.loads(line)
@@ -193,7 +194,7 @@ class Child:
             return message
         except ValueError as exc:
             self.close()
-            raise ChildGone("the grading process's reply was garbled (did your code write to its channel?)") from exc
+            raise ChildGone(say("referee.garbled")) from exc
 
     def run(self, code: str, timeout: float = PROBE_S, **inputs) -> Reply:
         """Evaluate `code` (an expression over the student's names; `probe` holds `inputs`)."""
@@ -206,19 +207,19 @@ class Child:
         try:
             value = wire.decode(message.get("value"))
         except (ValueError, TypeError, KeyError):
-            value, message = None, {"ok": False, "error": "a value the grader cannot read"}
+            value, message = None, {"ok": False, "error": say("referee.unreadable_value")}
         return Reply(bool(message.get("ok")), value, str(message.get("error", ""))[:2000], hits, seconds)
 
     def value(self, code: str, what: str, timeout: float = PROBE_S, **inputs):
         """The probe's value; a failed probe fails the task with what raised."""
         reply = self.run(code, timeout, **inputs)
         if not reply.ok:
-            raise AssertionError(f"{what} raised {reply.error}{self.cell_note()}")
+            raise AssertionError(say("referee.raised", what=what, error=reply.error) + self.cell_note())
         return reply.value
 
     def cell_note(self) -> str:
-        failed = [f"cell {i + 1}: {c['error']}" for i, c in enumerate(self.cells) if not c["ok"]]
-        return f" (when your cells were run again: {failed[0]})" if failed else ""
+        failed = [(i + 1, c["error"]) for i, c in enumerate(self.cells) if not c["ok"]]
+        return "\n" + say("referee.cell_failed", cell=failed[0][0], error=failed[0][1]) if failed else ""
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -318,9 +319,7 @@ def grade_notebook(name: str, nb, draw_seed: int, student: str = "", cell_s: flo
                 verdict = Verdict(False, str(exc))
             reached = child.hits[before:]
             if reached:
-                verdict = Verdict(False, f"your code called {reached[0]}, one of labkit's reference answers, which "
-                                         "are switched off while grading: write this task yourself. (你的代码调用了 "
-                                         f"{reached[0]}，它是 labkit 的参考答案，评分时不可用：请自己实现本任务。)")
+                verdict = Verdict(False, say("referee.reference_called", name=reached[0]))
             report.verdicts[grade_id] = verdict
     report.integrity = _integrity(name, child) + [f"{name}: {sign}" for sign in integrity.scan(student_cells(nb))]
     return report
@@ -329,5 +328,5 @@ def grade_notebook(name: str, nb, draw_seed: int, student: str = "", cell_s: flo
 def _integrity(name: str, child: Child) -> list[str]:
     found = [f"{name}: called {h}" for h in dict.fromkeys(child.hits)]
     found += [f"{name}: cell {i + 1} refused ({c['error'][:120]})" for i, c in enumerate(child.cells)
-              if not c["ok"] and "not allowed while grading" in c["error"]]
+              if not c["ok"] and any(mark in c["error"] for mark in REFUSAL_MARKS)]
     return found

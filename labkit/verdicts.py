@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 
 from . import checks, paths
+from .messages import language, say
 from .referee import Child
 
 # ---------------------------------------------------------------- shared pieces
@@ -104,9 +105,8 @@ def _weight_bytes(child: Child, ctx: Ctx) -> None:
         n = int(ctx.rng.integers(1, 5 * 10**9)) * 2  # even: half a byte per INT4 weight is exact
         got = child.value("weight_bytes(probe['n'], probe['dtype'])", f"weight_bytes({n}, {dtype!r})",
                           n=n, dtype=dtype)
-        assert type(got) is int, f"weight_bytes({n}, {dtype!r}) returned {type(got).__name__}: return an int"
-        assert got == n * bits[dtype] // 8, (
-            f"weight_bytes({n:,}, {dtype!r}) returned {got:,}: {dtype} stores each weight in {bits[dtype] / 8:g} bytes")
+        assert type(got) is int, say("int.return", call=f"weight_bytes({n}, {dtype!r})", kind=type(got).__name__)
+        assert got == n * bits[dtype] // 8, say("weight_bytes.value", n=n, dtype=dtype, got=got, per=bits[dtype] / 8)
 
 
 def _param_count(child: Child, ctx: Ctx) -> None:
@@ -125,9 +125,7 @@ def _param_count(child: Child, ctx: Ctx) -> None:
                           shape=shape)
         expected = param_count(qwen3_config(shape))
         changed = {k: v for k, v in shape.items() if QWEN3_1_7B_SHAPE.get(k) != v}
-        assert got == expected, (f"qwen3_param_count is off by {got - expected:,} for a config with "
-                                 f"{changed or 'the Qwen3-1.7B shape'}: check the tied lm_head, the K/V heads "
-                                 "and the four norms per layer")
+        assert got == expected, say("param_count.off", off=got - expected, changed=changed or "Qwen3-1.7B")
 
 
 def _count_tokens(child: Child, ctx: Ctx) -> None:
@@ -138,9 +136,8 @@ def _count_tokens(child: Child, ctx: Ctx) -> None:
     for text in texts:
         got = child.value("count_tokens(tokenizer, probe['text'])", f"count_tokens(tokenizer, {text!r})", text=text)
         expected = len(tokenizer(text, add_special_tokens=False)["input_ids"])
-        assert type(got) is int, f"count_tokens returned {type(got).__name__}: return an int"
-        assert got == expected, (f"count_tokens(tokenizer, {text!r}) returned {got}, the tokenizer makes {expected} "
-                                 "tokens (without special tokens: add_special_tokens=False)")
+        assert type(got) is int, say("int.return", call="count_tokens", kind=type(got).__name__)
+        assert got == expected, say("count_tokens.value", text=text, got=got, expected=expected)
 
 
 ENV = Notebook(
@@ -183,24 +180,22 @@ def _wrapper(child: Child, ctx: Ctx) -> None:
     mask[0, : int(ctx.rng.integers(2, 5))] = 0  # left padding must reach the model
     got = child.value("Wrapper(tiny.model)(probe['ids'], probe['mask'])", "Wrapper(model)(input_ids, attention_mask)",
                       ids=ids, mask=mask)
-    assert isinstance(got, torch.Tensor), f"forward must return a tensor, not {type(got).__name__}"
-    assert tuple(got.shape) == (2, 9, vocab), f"logits have shape {tuple(got.shape)}, expected (2, 9, {vocab})"
+    assert isinstance(got, torch.Tensor), say("wrapper.not_tensor", kind=type(got).__name__)
+    assert tuple(got.shape) == (2, 9, vocab), say("wrapper.shape", shape=tuple(got.shape), expected=(2, 9, vocab))
     with torch.no_grad():
         reference = LogitsWrapper(tiny.model)(ids, mask)
-    assert torch.allclose(got, reference, atol=1e-5), (
-        "the logits differ from the model's own on a left-padded batch: pass attention_mask to the model")
+    assert torch.allclose(got, reference, atol=1e-5), say("wrapper.mask")
 
 
 def _dynamic_shapes(child: Child, ctx: Ctx) -> None:
     kind = child.value("type(make_dynamic_shapes()).__name__", "make_dynamic_shapes()")
-    assert kind == "tuple", f"make_dynamic_shapes() returned a {kind}: return a tuple with one dict per input"
+    assert kind == "tuple", say("shapes.not_tuple", kind=kind)
     got = child.value("[{str(axis): [type(dim).__name__, id(dim)] for axis, dim in spec.items()} "
                       "for spec in make_dynamic_shapes()]", "make_dynamic_shapes()")
-    assert len(got) == 2, f"{len(got)} entries: one dict per input of forward (input_ids, attention_mask)"
-    assert all(set(spec) == {"0", "1"} for spec in got), "declare axes 0 (batch) and 1 (sequence) of each input"
-    assert all("Dim" in kind for spec in got for kind, _ in spec.values()), "each axis needs a torch.export.Dim"
-    assert got[0]["0"][1] == got[1]["0"][1] and got[0]["1"][1] == got[1]["1"][1], (
-        "both inputs must share the same Dim objects (the same batch and the same sequence)")
+    assert len(got) == 2, say("shapes.count", n=len(got))
+    assert all(set(spec) == {"0", "1"} for spec in got), say("shapes.axes")
+    assert all("Dim" in kind for spec in got for kind, _ in spec.values()), say("shapes.dim")
+    assert got[0]["0"][1] == got[1]["0"][1] and got[0]["1"][1] == got[1]["1"][1], say("shapes.shared")
 
 
 def _exported(child: Child, ctx: Ctx) -> Path:
@@ -211,8 +206,7 @@ def _exported(child: Child, ctx: Ctx) -> Path:
                     "export.export_with(export_model, model, out_dir, wrapper=Wrapper(model))")
         ctx.state["onnx"] = _regular_export(child.workdir / "export", ctx.scratch / "export")
     if ctx.state["onnx"] is None:
-        raise AssertionError("the export with your export_model, Wrapper and make_dynamic_shapes() failed "
-                             "(see the first check)")
+        raise AssertionError(say("export.failed"))
     return ctx.state["onnx"]
 
 
@@ -225,13 +219,12 @@ def _regular_export(folder: Path, target: Path, name: str = paths.MODEL_FILE) ->
     for file in (name, name + ".data"):
         source = folder / file
         if source.is_symlink() or (source.exists() and not source.is_file()):
-            raise AssertionError(f"{file} is not a regular file")
+            raise AssertionError(say("export.not_regular", file=file))
         if source.exists():
             shutil.copyfile(source, target / file)
-    assert (target / name).is_file(), f"no {name} was written"
+    assert (target / name).is_file(), say("export.missing", name=name)
     graph = load_graph(target / name)
-    assert all(file == name + ".data" for file in external_files(graph)), (
-        f"the graph's weights must sit beside it, in {name}.data")
+    assert all(file == name + ".data" for file in external_files(graph)), say("export.data_beside", name=name)
     return target / name
 
 
@@ -244,16 +237,14 @@ def _mask_patch(child: Child, ctx: Ctx) -> None:
 
     error = child.value("patches.legacy_export(tiny.model, 'patched.onnx', patch=index_based_mask)",
                         "patches.legacy_export(tiny.model, path, patch=index_based_mask)")
-    assert error is None, f"the TorchScript export on the vmap path still fails inside your patch: {error}"
+    assert error is None, say("patch.still_fails", error=error)
     path = _regular_export(child.workdir, ctx.scratch / "patched", "patched.onnx")
     tiny = ctx.state["tiny"]
     ids = ctx.rng.integers(0, tiny.model.config.vocab_size, (1, int(ctx.rng.integers(3, 12)))).astype(np.int64)
     with torch.no_grad():
         reference = tiny.model(input_ids=torch.from_numpy(ids), use_cache=False).logits.numpy()
     got = session(path).run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0]
-    assert got.shape == reference.shape and np.abs(got - reference).max() < 1e-4, (
-        "the graph exported inside your patch does not compute the model's logits: pass every argument "
-        "through to the original mask function")
+    assert got.shape == reference.shape and np.abs(got - reference).max() < 1e-4, say("patch.logits")
     checks.mask_patch(child.value("patches.observe(index_based_mask)", "what index_based_mask() does"))
 
 
@@ -347,21 +338,17 @@ def _reader(child: Child, ctx: Ctx) -> None:
                         "Reader(tokenizer, prompts).get_next()", prompts=chosen)
     expected = PromptReader(tokenizer, chosen, max_tokens=MAX_TOKENS).feeds
     assert isinstance(feeds, list) and len(feeds) == len(chosen), (
-        f"{len(chosen)} prompts gave {len(feeds) if isinstance(feeds, list) else feeds!r} feeds before None: "
-        "one feed per prompt, in order, then None")
+        say("reader.count", n=len(chosen), got=len(feeds) if isinstance(feeds, list) else repr(feeds)))
     for prompt, mine, ref in zip(chosen, feeds, expected):
-        assert isinstance(mine, dict) and sorted(mine) == ["attention_mask", "input_ids"], (
-            "each feed is a dict with exactly input_ids and attention_mask")
+        assert isinstance(mine, dict) and sorted(mine) == ["attention_mask", "input_ids"], say("reader.feed_keys")
         for name in ("input_ids", "attention_mask"):
             value = mine[name]
             assert isinstance(value, np.ndarray) and value.dtype == np.int64, (
-                f"{name} must be an int64 numpy array, got {getattr(value, 'dtype', type(value).__name__)}")
-            assert value.shape == ref[name].shape, (
-                f"for {prompt[:40]!r}: {name} has shape {value.shape}, expected {ref[name].shape} "
-                f"([1, tokens], at most MAX_TOKENS={MAX_TOKENS})")
-            assert np.array_equal(value, ref[name]), (
-                f"for {prompt[:40]!r}: {name} differs from the chat-template rendering "
-                "(apply_chat_template with add_generation_prompt=True, then at most MAX_TOKENS tokens)")
+                say("reader.dtype", name=name, got=getattr(value, "dtype", type(value).__name__)))
+            assert value.shape == ref[name].shape, say("reader.shape", prompt=prompt[:40], name=name,
+                                                       shape=value.shape, expected=ref[name].shape,
+                                                       max_tokens=MAX_TOKENS)
+            assert np.array_equal(value, ref[name]), say("reader.values", prompt=prompt[:40], name=name)
 
 
 def _recipe(child: Child, ctx: Ctx):
@@ -371,15 +358,15 @@ def _recipe(child: Child, ctx: Ctx):
     if "recipe" not in ctx.state:
         ctx.state["recipe"] = None
         fields = child.value("__import__('dataclasses').asdict(my_recipe)", "my_recipe (a quantize.Recipe)")
-        assert isinstance(fields, dict), "my_recipe must be a quantize.Recipe"
+        assert isinstance(fields, dict), say("recipe.type")
         names = {f.name for f in dataclasses.fields(Recipe)}
-        assert set(fields) <= names, f"my_recipe has fields a Recipe does not: {sorted(set(fields) - names)}"
+        assert set(fields) <= names, say("recipe.fields", extra=sorted(set(fields) - names))
         fields["weight_only"] = tuple(str(x) for x in (fields.get("weight_only") or ()))
         for key in ("quant_format", "activation_type", "weight_type"):
-            assert isinstance(fields.get(key), str), f"my_recipe.{key} must be a string"
+            assert isinstance(fields.get(key), str), say("recipe.string", key=key)
         ctx.state["recipe"] = Recipe(**fields)
     if ctx.state["recipe"] is None:
-        raise AssertionError("my_recipe could not be read (see the first quantization check)")
+        raise AssertionError(say("recipe.unreadable"))
     return ctx.state["recipe"]
 
 
@@ -426,8 +413,7 @@ def _quantize_call(child: Child, ctx: Ctx) -> None:
     path = _regular_export(child.workdir / "tiny-int8", ctx.scratch / "tiny-int8")
     checks.quantize_call_types(path, quantize.default_weight_type())
     quantized, total = quantize.static_linears(path)
-    assert quantized == total - len(keep), (
-        f"{quantized} of {total} decoder linears read int8 activations; all but the {len(keep)} in keep_float should")
+    assert quantized == total - len(keep), say("quant.call_static", quantized=quantized, total=total, keep=len(keep))
     reference = quantize.quantize_int8_static(fp32, ctx.scratch / "reference", calibration.FeedReader(feeds),
                                               recipe)
     float_session, mine, ours = session(fp32), session(path), session(reference)
@@ -435,13 +421,12 @@ def _quantize_call(child: Child, ctx: Ctx) -> None:
         exact = float_session.run(["logits"], feed)[0]
         error = np.abs(mine.run(["logits"], feed)[0] - exact).mean()
         allowed = 1.5 * np.abs(ours.run(["logits"], feed)[0] - exact).mean() + 1e-4
-        assert error <= allowed, (f"your graph's logits are {error:.4f} from float on average, labkit's call gives "
-                                  f"{allowed / 1.5:.4f}: are the ranges from ranges_file used?")
+        assert error <= allowed, say("quant.call_error", error=error, ours=allowed / 1.5)
 
 
 def _cached_verdict(ctx: Ctx, path: Path, name: str, check: Callable[[], None]) -> None:
     """A check of a recipe's graph, kept beside it: the same recipe gets the same verdict."""
-    saved = path.parent / f"verdict-{name}.json"
+    saved = path.parent / f"verdict-{name}.{language()}.json"  # messages in the grader's LABKIT_LANG
     if not saved.is_file():
         try:
             check()
@@ -548,10 +533,9 @@ def _stops(child: Child, ctx: Ctx) -> None:
                       "np.arange(1, probe['prompt_len'] + 1, dtype=np.int64)[None], 20, set(probe['stop']))",
                       "greedy_generate on a model that ends its turn", script=words + [end] + words,
                       vocab=len(tokenizer), prompt_len=prompt_len, stop=sorted(stop))
-    assert isinstance(got, list) and got == words, (
-        f"the model said {tokenizer.decode(words)!r} then its end-of-turn token {tokenizer.decode([end])!r}; your loop "
-        f"returned {tokenizer.decode(list(got)) if isinstance(got, list) else got!r}. Stop as soon as a token in "
-        "stop_ids comes out, without adding it.")
+    assert isinstance(got, list) and got == words, say(
+        "loop.end_of_turn", said=tokenizer.decode(words), end=tokenizer.decode([end]),
+        got=tokenizer.decode(got) if isinstance(got, list) else got)
 
 
 CHAT = Notebook(
@@ -643,9 +627,9 @@ def _cache_names(child: Child, ctx: Ctx) -> None:
     for layers in sorted({ctx.state["layers"], int(ctx.rng.integers(1, 40))}):
         got = child.value("cache_input_names(probe['layers'])", f"cache_input_names({layers})", layers=layers)
         expected = [n for n in input_names(layers) if n.startswith("past_key_values.")]
-        assert isinstance(got, (list, tuple)) and list(got) == expected, (
-            f"cache_input_names({layers}) starts {list(got)[:3] if isinstance(got, (list, tuple)) else got!r}, "
-            f"expected {expected[:3]} ({len(expected)} in all: a key and a value per layer, layer by layer)")
+        assert isinstance(got, (list, tuple)) and list(got) == expected, say(
+            "kv.cache_names", call=f"cache_input_names({layers})", expected=expected[:3], n=len(expected),
+            got=list(got)[:3] if isinstance(got, (list, tuple)) else got)
 
 
 CACHED_PROBE = "cached_generate(kv_session, probe['ids'], probe['n'], set(probe['stop']))"
@@ -671,7 +655,7 @@ def _speed(child: Child, ctx: Ctx) -> None:
     for _ in range(2):
         reply = child.run(CACHED_PROBE, ids=ids, n=8, stop=[])
         if not reply.ok:
-            raise AssertionError(f"cached_generate on a 256-token prompt raised {reply.error}")
+            raise AssertionError(say("kv.speed_raised", error=reply.error))
         times.append(reply.seconds)
         got = reply.value
     slow = []
@@ -681,15 +665,14 @@ def _speed(child: Child, ctx: Ctx) -> None:
         slow.append(time.perf_counter() - started)
     checks.same_tokens(got, reference, tokenizer, "a 256-token prompt")
     ratio = min(slow) / min(times)
-    assert ratio > 1, (f"your cached loop took {1 / ratio:.2f}x the time of the no-cache loop on a 256-token prompt: "
-                       "is the decode step feeding only the new token, with the past from the previous call?")
+    assert ratio > 1, say("kv.slower", times=1 / ratio)
 
 
 def _summary(child: Child, ctx: Ctx) -> None:
     got = child.value("summary", "summary")
     import pandas as pd
 
-    assert isinstance(got, pd.DataFrame), f"summary must be a pandas DataFrame, not {type(got).__name__}"
+    assert isinstance(got, pd.DataFrame), say("summary.type", kind=type(got).__name__)
     checks.summary_frame(got, ctx.state["bench"])
 
 

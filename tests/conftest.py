@@ -9,7 +9,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(autouse=True)
 def _no_model_choice(monkeypatch):
     """Tests choose models explicitly; a developer's own settings must not leak in."""
-    for var in ("LABKIT_MODEL", "LABKIT_QWEN3_DIR", "NBGRADER_EXECUTION"):
+    for var in ("LABKIT_MODEL", "LABKIT_QWEN3_DIR", "NBGRADER_EXECUTION", "LABKIT_LANG"):
         monkeypatch.delenv(var, raising=False)
 
 

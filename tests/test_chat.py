@@ -108,7 +108,7 @@ def test_a_failing_model_becomes_a_notice(chat):
 
     chat.stepper.step = broken
     assert chat.send("Hi") is None
-    assert chat.transcript[-1].text == "generation failed: out of memory"
+    assert chat.transcript[-1].text == "生成失败：out of memory / generation failed: out of memory"
     assert chat.history == []
 
 
@@ -141,12 +141,14 @@ def test_the_think_block_is_never_shown(session, tiny):
     assert "secret" not in chat.markdown()
 
 
-def test_the_transcript_saves_as_markdown(chat, tmp_path):
+def test_the_transcript_saves_as_markdown(chat, tmp_path, tiny_onnx):
     reply = chat.send("Hello")
     path = chat.save(tmp_path / "t.md")
     text = path.read_text(encoding="utf-8")
-    assert text.startswith("# Chat with tiny")
-    assert "**You**: Hello" in text and f"**tiny**: {reply.text}" in text
+    assert text.startswith("# 与 tiny 对话 Chat with tiny\n")
+    assert f"计算图：{tiny_onnx}" in text and f"graph: {tiny_onnx}" in text  # which graph answered
+    assert "模型：tiny" in text and "model: tiny" in text and "repetition_penalty=1.1" in text
+    assert "**你 You**: Hello" in text and f"**tiny**: {reply.text}" in text
 
 
 def test_the_chat_box_runs_headless(chat, tmp_path):
@@ -165,13 +167,22 @@ def test_the_chat_box_runs_headless(chat, tmp_path):
     assert chat.transcript == [] and "Say something" in box.transcript.value
 
 
+def test_the_chat_box_speaks_one_language_when_asked(chat, monkeypatch):
+    monkeypatch.setenv("LABKIT_LANG", "zh")
+    box = ChatBox(chat)
+    assert (box.send_button.description, box.stop_button.description) == ("发送", "停止")
+    assert "和模型说点什么吧" in box.transcript.value and "Say something" not in box.transcript.value
+    monkeypatch.setenv("LABKIT_LANG", "en")
+    assert ChatBox(chat).send_button.description == "Send"
+
+
 def test_the_terminal_chat(chat, tmp_path):
     lines = iter(["", "Hello terminal", f"/save {tmp_path / 'term.md'}", "/quit"])
     out = []
     chat_module.run_terminal(chat, read=lambda prompt: next(lines),
                              write=lambda *args, **kwargs: out.append(" ".join(map(str, args))))
     printed = "".join(out)
-    assert "[type a message first]" in printed and "tiny> [" not in printed
+    assert "[请先输入一条消息 / type a message first]" in printed and "tiny> [" not in printed
     assert chat.transcript[-1].text in printed
     assert "tokens/s" in printed
     assert (tmp_path / "term.md").read_text(encoding="utf-8").count("Hello terminal") == 1

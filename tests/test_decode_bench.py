@@ -115,7 +115,7 @@ def test_the_lab_chats_with_every_graph(bench, tiny):
     transcripts = lab.chat_samples(tiny, messages=("Hi",), max_new_tokens=4)
     assert list(transcripts) == list(lab.GRAPHS)
     for text in transcripts.values():
-        assert "**You**: Hi" in text and "tokens/s" in text and "notice" not in text
+        assert "**你 You**: Hi" in text and "tokens/s" in text and "notice" not in text
     assert lab.markdown_table(bench.head(2)).count("\n") == 3
 
 
