@@ -1,4 +1,7 @@
 """release/ and notebooks/ are generated from source/ and must not drift from it."""
+import re
+
+import nbformat
 import pytest
 
 from conftest import REPO
@@ -86,3 +89,57 @@ def test_every_graded_cell_has_a_referee_verdict_and_every_verdict_a_cell():
     for notebook in sorted(SOURCE.glob("*.ipynb")):
         assert sorted(verdicts.NOTEBOOKS[notebook.stem].tasks) == sorted(graded_points(notebook)), notebook.name
     assert sorted(verdicts.NOTEBOOKS) == sorted(nb.stem for nb in SOURCE.glob("*.ipynb"))
+
+
+# ---------------------------------------------------------------- 中文 first
+
+CJK = re.compile(r"[\u4e00-\u9fff]")
+
+
+def _paragraphs(markdown: str) -> list[str]:
+    """The prose blocks of a markdown cell: no headings, tables or solution text."""
+    blocks = [b.strip() for b in re.split(r"\n\s*\n", markdown)]
+    return [b for b in blocks if b and not b.startswith(("#", "|"))]
+
+
+def _language(block: str) -> str | None:
+    if len(CJK.findall(block)) >= 5:
+        return "zh"
+    return "en" if len(re.findall(r"[A-Za-z]{2,}", block)) >= 5 else None
+
+
+@pytest.mark.parametrize("notebook", sorted(SOURCE.glob("*.ipynb")), ids=lambda p: p.name)
+def test_students_read_chinese_first_then_english(notebook):
+    for cell in nbformat.read(notebook, as_version=4).cells:
+        if cell.cell_type != "markdown" or cell.metadata.get("nbgrader", {}).get("solution"):
+            continue
+        languages = [lang for lang in map(_language, _paragraphs(cell.source)) if lang]
+        if "en" in languages:
+            assert "zh" in languages and languages.index("zh") < languages.index("en"), cell.source[:120]
+    text = "".join(c.source for c in nbformat.read(notebook, as_version=4).cells if c.cell_type == "markdown")
+    assert len(CJK.findall(text)) > len(re.findall(r"[A-Za-z]+", text)) / 2  # measured: about 1 character per word
+
+
+@pytest.mark.parametrize("notebook", sorted(SOURCE.glob("*.ipynb")), ids=lambda p: p.name)
+def test_every_task_has_a_bilingual_contract_that_names_its_answers(notebook):
+    from labkit import verdicts
+
+    cells = nbformat.read(notebook, as_version=4).cells
+    for i, cell in enumerate(cells):
+        meta = cell.metadata.get("nbgrader", {})
+        if cell.cell_type == "code" and meta.get("solution"):
+            question = next(c for c in reversed(cells[:i]) if c.cell_type == "markdown")
+            if "graded by hand" not in question.source:
+                assert "**任务约定 Contract**" in question.source, meta["grade_id"]
+    off_limits = " ".join(line for c in cells if c.cell_type == "markdown" for line in c.source.splitlines()
+                          if "**不可调用 Off limits:**" in line)
+    named = [q.rsplit(".", 1)[-1] for q in verdicts.NOTEBOOKS[notebook.stem].forbidden]
+    missing = [name for name in named if not name.startswith("_") and f"{name}`" not in off_limits]
+    assert missing == [], "labkit answers the task text does not name as off limits"
+
+
+def test_later_notebooks_link_the_glossary():
+    glossary = nbformat.read(SOURCE / "01_env.ipynb", as_version=4).cells
+    assert any(c.source.startswith("## 中英术语表 Glossary") for c in glossary)
+    for notebook in sorted(SOURCE.glob("0[2-5]_*.ipynb")):
+        assert "(01_env.ipynb#中英术语表-Glossary)" in nbformat.read(notebook, as_version=4).cells[0].source
