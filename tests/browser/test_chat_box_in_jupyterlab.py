@@ -1,5 +1,5 @@
 """Notebook 04 in a real JupyterLab, driven by headless Chromium: run every cell,
-type into the chat box, see a reply stream in. Saves a screenshot.
+type a Chinese message into the chat box, see a reply stream in. Saves a screenshot.
 
 Needs Debian's chromium (`apt-get install chromium`) and `pip install -e '.[browser]'`;
 run with `make browser-test` (a few minutes: the notebook runs for real)."""
@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
+from labkit.messages import label
 
 pytestmark = pytest.mark.browser
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -22,6 +23,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TOKEN = "labkit-browser-test"
+QUESTION = "法国的首都是哪里？"
 KERNEL_IDLE = ("(() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
                " const k = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;"
                " return k && k.status === 'idle'; })()")
@@ -47,7 +49,8 @@ def lab(tmp_path_factory):
         [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
          f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={folder}", "--LabApp.expose_app_in_browser=True",
          *(["--allow-root"] if os.geteuid() == 0 else [])],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "JUPYTER_CONFIG_DIR": str(folder / "config")})
+        stdout=log, stderr=subprocess.STDOUT, env={**{k: v for k, v in os.environ.items() if k != "LABKIT_LANG"},  # both languages, as the test expects
+             "JUPYTER_CONFIG_DIR": str(folder / "config")})
     url = f"http://127.0.0.1:{port}"
     for _ in range(120):
         if server.poll() is not None:
@@ -78,14 +81,14 @@ def test_chat_box_streams_a_reply(lab):
         # Run All does nothing until the notebook's kernel is up and idle.
         page.wait_for_function(KERNEL_IDLE, timeout=180_000)
         page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")  # resolves when all ran
-        message = page.get_by_placeholder("Message")
+        message = page.get_by_placeholder(label("chat.placeholder"), exact=True)
         expect(message).to_be_visible(timeout=600_000)
         if page.get_by_role("button", name="No", exact=True).is_visible():  # JupyterLab's "notify about news?" toast
             page.get_by_role("button", name="No", exact=True).click()
-        message.fill("What is the capital of France?")
-        page.get_by_role("button", name="Send", exact=True).click()
+        message.fill(QUESTION)  # Chinese typed into the box: the students' language
+        page.get_by_role("button", name=label("chat.send"), exact=True).click()
         transcript = page.locator(".labkit-transcript").last
-        expect(transcript).to_contain_text("What is the capital of France?", timeout=30_000)
+        expect(transcript).to_contain_text(QUESTION, timeout=30_000)
         reply = transcript.locator(".labkit-assistant").last
         done = page.get_by_text("tokens/s, first token after")
         seen = []  # the reply as it grows: streamed text shows up in several states
