@@ -254,9 +254,9 @@ def problems(root: Path, job: Job, outcome: Outcome) -> list[str]:
             for out in cell.get("outputs", []):
                 if out.output_type == "error":
                     where = cell.metadata.get("nbgrader", {}).get("grade_id") or f"cell {i + 1}"
-                    message = (out.evalue or "").strip().splitlines()
-                    found.append(f"{nb_path.stem}:{where}: {out.ename}"
-                                 + (f": {message[0][:160]}" if message else ""))
+                    # Every line: a check's message is Chinese, then English, on lines of its own.
+                    message = " / ".join(line.strip() for line in (out.evalue or "").splitlines() if line.strip())
+                    found.append(f"{nb_path.stem}:{where}: {out.ename}" + (f": {message[:600]}" if message else ""))
     if outcome.status == "timed out":
         found.append(f"stopped at the {job.limits.submission_s:.0f} s limit for a submission")
     elif outcome.status == "failed":

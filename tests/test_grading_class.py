@@ -154,7 +154,7 @@ CASES = {
                 + OTHER_COUNT_TOKENS}, [], without("test-count-tokens"), ["count-tokens: MemoryError", "raised NameError"], []),
     "noisy": ({"count-tokens": NOISY_COUNT_TOKENS}, [], FULL, [], []),
     "one_wrong": ({"weight-bytes": WRONG_WEIGHT_BYTES}, [], without("test-weight-bytes"),
-                  ["test-weight-bytes: AssertionError", WEIGHT_BYTES_MESSAGE], []),
+                  ["test-weight-bytes: AssertionError", "fp16 每个权重占 2 字节", WEIGHT_BYTES_MESSAGE], []),
     # Changing the referee: the kernel's checks made no-ops, its errors hidden. The score is
     # the referee's, and the attempt is flagged.
     "tamper_checks": ({"weight-bytes": TAMPER_CHECKS}, [], without("test-weight-bytes"), [WEIGHT_BYTES_MESSAGE],

@@ -48,19 +48,24 @@ def test_points_go_to_the_work():
     assert 0.18 <= share <= 0.22, f"the written answers are {share:.0%} of the total"
 
 
-@pytest.mark.parametrize("notebook", sorted(SOURCE.glob("*.ipynb")), ids=lambda p: p.name)
-def test_each_written_answer_follows_its_question_and_rubric(notebook):
-    import nbformat
-
+def _after_questions(notebook, kind: str, flag: str):
+    """(the cell, the markdown question above it, every markdown above it) for each cell of
+    `kind` whose nbgrader metadata sets `flag`."""
     cells = nbformat.read(notebook, as_version=4).cells
     for i, cell in enumerate(cells):
         meta = cell.metadata.get("nbgrader", {})
-        if cell.cell_type == "markdown" and meta.get("grade"):
-            question = next(c for c in reversed(cells[:i]) if c.cell_type == "markdown")
-            assert question.cell_type == "markdown" and question.metadata["nbgrader"].get("locked"), meta["grade_id"]
-            assert "Rubric" in question.source and "graded by hand" in "".join(
-                c.source for c in cells[:i] if c.cell_type == "markdown"), meta["grade_id"]
-            assert meta.get("solution") and "### BEGIN SOLUTION" in cell.source, meta["grade_id"]
+        if cell.cell_type == kind and meta.get(flag):
+            above = [c for c in cells[:i] if c.cell_type == "markdown"]
+            yield cell, above[-1], "".join(c.source for c in above)
+
+
+@pytest.mark.parametrize("notebook", sorted(SOURCE.glob("*.ipynb")), ids=lambda p: p.name)
+def test_each_written_answer_follows_its_question_and_rubric(notebook):
+    for cell, question, above in _after_questions(notebook, "markdown", "grade"):
+        grade_id = cell.metadata["nbgrader"]["grade_id"]
+        assert question.metadata["nbgrader"].get("locked"), grade_id
+        assert "Rubric" in question.source and "graded by hand" in above, grade_id
+        assert cell.metadata["nbgrader"].get("solution") and "### BEGIN SOLUTION" in cell.source, grade_id
 
 
 @pytest.mark.parametrize("notebook", sorted(SOURCE.glob("*.ipynb")), ids=lambda p: p.name)
@@ -124,13 +129,10 @@ def test_students_read_chinese_first_then_english(notebook):
 def test_every_task_has_a_bilingual_contract_that_names_its_answers(notebook):
     from labkit import verdicts
 
+    for cell, question, _ in _after_questions(notebook, "code", "solution"):
+        if "graded by hand" not in question.source:
+            assert "**任务约定 Contract**" in question.source, cell.metadata["nbgrader"]["grade_id"]
     cells = nbformat.read(notebook, as_version=4).cells
-    for i, cell in enumerate(cells):
-        meta = cell.metadata.get("nbgrader", {})
-        if cell.cell_type == "code" and meta.get("solution"):
-            question = next(c for c in reversed(cells[:i]) if c.cell_type == "markdown")
-            if "graded by hand" not in question.source:
-                assert "**任务约定 Contract**" in question.source, meta["grade_id"]
     off_limits = " ".join(line for c in cells if c.cell_type == "markdown" for line in c.source.splitlines()
                           if "**不可调用 Off limits:**" in line)
     named = [q.rsplit(".", 1)[-1] for q in verdicts.NOTEBOOKS[notebook.stem].forbidden]
