@@ -56,7 +56,7 @@ def one_data_file(path: str | Path) -> None:
 
 
 def mask_patch(seen: dict[str, bool]) -> None:
-    """`seen`: what `patches.observe(patch)` saw the patch do."""
+    """`seen`: what `mask_patch.observe(patch)` saw the patch do."""
     assert seen.get("replaced"), say("patch.not_replaced")
     assert seen.get("restored"), say("patch.not_restored")
     assert seen.get("error_passed"), say("patch.error_swallowed")

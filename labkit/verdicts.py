@@ -154,7 +154,7 @@ ENV = Notebook(
 EXPORT_PRELUDE = """\
 import torch
 import labkit
-from labkit import checks, export, models, onnx_graph, parity, patches, paths, runtime
+from labkit import checks, export, mask_patch, models, onnx_graph, parity, patches, paths, runtime
 tiny = models.tiny_qwen3()
 loaded = tiny  # the referee grades the wrapper and its export on the tiny Qwen3
 """
@@ -235,8 +235,8 @@ def _mask_patch(child: Child, ctx: Ctx) -> None:
 
     from .runtime import session
 
-    error = child.value("patches.legacy_export(tiny.model, 'patched.onnx', patch=index_based_mask)",
-                        "patches.legacy_export(tiny.model, path, patch=index_based_mask)")
+    error = child.value("mask_patch.legacy_export(tiny.model, 'patched.onnx', patch=index_based_mask)",
+                        "mask_patch.legacy_export(tiny.model, path, patch=index_based_mask)")
     assert error is None, say("patch.still_fails", error=error)
     path = _regular_export(child.workdir, ctx.scratch / "patched", "patched.onnx")
     tiny = ctx.state["tiny"]
@@ -245,7 +245,7 @@ def _mask_patch(child: Child, ctx: Ctx) -> None:
         reference = tiny.model(input_ids=torch.from_numpy(ids), use_cache=False).logits.numpy()
     got = session(path).run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0]
     assert got.shape == reference.shape and np.abs(got - reference).max() < 1e-4, say("patch.logits")
-    checks.mask_patch(child.value("patches.observe(index_based_mask)", "what index_based_mask() does"))
+    checks.mask_patch(child.value("mask_patch.observe(index_based_mask)", "what index_based_mask() does"))
 
 
 def _graph_check(check: Callable[[Path, Ctx], None]):

@@ -4,7 +4,7 @@ import onnx
 import pytest
 import torch
 
-from labkit import checks, export, onnx_graph, parity, patches, paths, runtime
+from labkit import checks, export, mask_patch, onnx_graph, parity, patches, paths, runtime
 
 
 @pytest.fixture(scope="module")
@@ -78,9 +78,9 @@ def test_logits_agree_for_shapes_never_traced(exported, tiny):
 
 
 def test_patch_fixes_the_legacy_exporter_on_the_vmap_mask_path(tmp_path, tiny):
-    error = patches.legacy_export(tiny.model, tmp_path / "unpatched.onnx")
+    error = mask_patch.legacy_export(tiny.model, tmp_path / "unpatched.onnx")
     assert error is not None and "unordered_map::at" in error
-    assert patches.legacy_export(tiny.model, tmp_path / "patched.onnx",
+    assert mask_patch.legacy_export(tiny.model, tmp_path / "patched.onnx",
                                  patch=patches.index_based_attention_mask) is None
     ids, mask = export.example_inputs(tiny.model.config.vocab_size, batch=1, sequence=5)
     with torch.no_grad():
@@ -109,14 +109,14 @@ def test_the_mask_patch_observed_and_a_patch_that_forgets_to_restore():
 
     import transformers.masking_utils as masking
 
-    checks.mask_patch(patches.observe(patches.index_based_attention_mask))
+    checks.mask_patch(mask_patch.observe(patches.index_based_attention_mask))
 
     @contextlib.contextmanager
     def leaky():
         masking.AttentionMaskInterface._global_mapping["sdpa"] = lambda *a, **k: None
         yield
 
-    seen = patches.observe(leaky)
+    seen = mask_patch.observe(leaky)
     assert seen == {"replaced": True, "restored": False, "error_passed": True, "restored_after_error": False}
     with pytest.raises(AssertionError, match="restore it on exit"):
         checks.mask_patch(seen)
