@@ -145,9 +145,11 @@ class KVCacheReader(CalibrationDataReader):
     def _feeds(self):
         import torch
 
+        from .export_kv import empty_past
+
         for prompt in self.prompt_feeds:
             ids = prompt["input_ids"]
-            empty = np.zeros((1, self.kv_heads, 0, self.head_dim), dtype=np.float32)
+            empty = empty_past(self.kv_heads, self.head_dim)
             yield self._feed(ids, 0, [(empty, empty)] * self.layers)
             with torch.no_grad():
                 out = self.model(input_ids=torch.from_numpy(ids), use_cache=True)
@@ -160,13 +162,12 @@ class KVCacheReader(CalibrationDataReader):
 
     @staticmethod
     def _feed(ids: np.ndarray, past_length: int, past: list) -> dict[str, np.ndarray]:
-        steps = ids.shape[1]
-        feed = {"input_ids": ids,
-                "attention_mask": np.ones((1, past_length + steps), dtype=np.int64),
-                "position_ids": np.arange(past_length, past_length + steps, dtype=np.int64)[None]}
+        from .export_kv import PAST, token_feed
+
+        feed = token_feed(ids, past_length)
         for i, (key, value) in enumerate(past):
-            feed[f"past_key_values.{i}.key"] = np.ascontiguousarray(key, dtype=np.float32)
-            feed[f"past_key_values.{i}.value"] = np.ascontiguousarray(value, dtype=np.float32)
+            feed[f"{PAST}{i}.key"] = np.ascontiguousarray(key, dtype=np.float32)
+            feed[f"{PAST}{i}.value"] = np.ascontiguousarray(value, dtype=np.float32)
         return feed
 
     def get_next(self) -> dict[str, np.ndarray] | None:

@@ -193,7 +193,7 @@ def stops_at_end_of_turn(loop, tokenizer) -> None:
 
 def kv_graph(path: str | Path, layers: int) -> None:
     """Inputs and outputs of the KV-cache graph by name, dtype and rank, with named (symbolic) dims."""
-    from .export_kv import input_names, output_names
+    from .export_kv import PAST, PRESENT, input_names, output_names
 
     io = onnx_graph.graph_io(path)
     got_in, got_out = [v["name"] for v in io["inputs"]], [v["name"] for v in io["outputs"]]
@@ -201,7 +201,7 @@ def kv_graph(path: str | Path, layers: int) -> None:
     assert got_in == expected, say("kv.inputs", got=got_in[:5], expected=expected[:5], n=len(expected))
     assert got_out == output_names(layers), say("kv.outputs", got=got_out[:4])
     for v in io["inputs"] + io["outputs"]:
-        cache = v["name"].startswith(("past_key_values.", "present."))
+        cache = v["name"].startswith((PAST, PRESENT))
         dtype, rank = ("float32", 4) if cache or v["name"] == "logits" else ("int64", 2)
         rank = 3 if v["name"] == "logits" else rank
         assert v["dtype"] == dtype and len(v["shape"]) == rank, say(
@@ -217,14 +217,13 @@ def kv_prefill_logits(path: str | Path, model, length: int = 7) -> None:
     import numpy as np
     import torch
 
-    from .export_kv import cache_shape, input_names
+    from .export_kv import cache_shape, input_names, token_feed
     from .runtime import session
 
     config = model.config
     ids = np.arange(3, 3 + length, dtype=np.int64)[None] % config.vocab_size
-    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.arange(length)[None],
-            **{name: np.zeros(cache_shape(config, 1, 0), np.float32)
-               for name in input_names(config.num_hidden_layers)[3:]}}
+    feed = {**token_feed(ids, 0), **{name: np.zeros(cache_shape(config, 1, 0), np.float32)
+                                     for name in input_names(config.num_hidden_layers)[3:]}}
     got = session(path).run(["logits"], feed)[0]
     with torch.no_grad():
         expected = model(input_ids=torch.from_numpy(ids), use_cache=False).logits.numpy()
@@ -266,6 +265,8 @@ def summary_frame(summary, bench) -> None:
 
 def cache_names(names, path: str | Path) -> None:
     """The student's list of cache input names against the graph's, in order."""
-    graph = [v["name"] for v in onnx_graph.graph_io(path)["inputs"] if v["name"].startswith("past_key_values.")]
+    from .export_kv import PAST
+
+    graph = [v["name"] for v in onnx_graph.graph_io(path)["inputs"] if v["name"].startswith(PAST)]
     assert list(names) == graph, say("kv.cache_names", call="cache_input_names", got=list(names)[:3],
                                      expected=graph[:3], n=len(graph))

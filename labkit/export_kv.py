@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 
@@ -27,15 +28,29 @@ from .onnx_graph import set_metadata
 from .paths import MODEL_FILE
 
 GENAI_CONFIG = "genai_config.json"
+PAST, PRESENT = "past_key_values.", "present."  # the cache's names: PAST + "{layer}.key" / ".value"
 
 
 def input_names(layers: int) -> list[str]:
     return ["input_ids", "attention_mask", "position_ids"] + [
-        f"past_key_values.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
+        f"{PAST}{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
 
 
 def output_names(layers: int) -> list[str]:
-    return ["logits"] + [f"present.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
+    return ["logits"] + [f"{PRESENT}{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
+
+
+def token_feed(ids: np.ndarray, past_length: int) -> dict[str, np.ndarray]:
+    """The graph's three int64 inputs for a call that feeds `ids` ([1, n]) after
+    `past_length` cached tokens: the mask covers past and new, positions count on."""
+    total = past_length + ids.shape[1]
+    return {"input_ids": ids, "attention_mask": np.ones((1, total), np.int64),
+            "position_ids": np.arange(past_length, total, dtype=np.int64)[None]}
+
+
+def empty_past(kv_heads: int, head_dim: int) -> np.ndarray:
+    """One layer's key (or value) before the first token: length 0."""
+    return np.zeros((1, kv_heads, 0, head_dim), np.float32)
 
 
 class KVWrapper(torch.nn.Module):
@@ -85,7 +100,7 @@ def _finish(graph: onnx.ModelProto) -> None:
     """Name the present length as tools expect ('total_sequence', where the exporter
     writes 'past_sequence + sequence'), and stamp the attention the graph was exported with."""
     for output in graph.graph.output:
-        if output.name.startswith("present."):
+        if output.name.startswith(PRESENT):
             output.type.tensor_type.shape.dim[2].dim_param = "total_sequence"
     set_metadata(graph, attention.METADATA_KEY, attention.NAME)
 
@@ -137,10 +152,10 @@ def write_genai_config(config, tokenizer, out_dir: str | Path, context_length: i
                 "head_size": cache_shape(config, 1, 0)[3],
                 "hidden_size": config.hidden_size,
                 "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask",
-                           "position_ids": "position_ids", "past_key_names": "past_key_values.%d.key",
-                           "past_value_names": "past_key_values.%d.value"},
-                "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
-                            "present_value_names": "present.%d.value"},
+                           "position_ids": "position_ids", "past_key_names": PAST + "%d.key",
+                           "past_value_names": PAST + "%d.value"},
+                "outputs": {"logits": "logits", "present_key_names": PRESENT + "%d.key",
+                            "present_value_names": PRESENT + "%d.value"},
                 "num_attention_heads": config.num_attention_heads,
                 "num_hidden_layers": layers,
                 "num_key_value_heads": config.num_key_value_heads,

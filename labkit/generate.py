@@ -99,15 +99,17 @@ class KVCache:
     to numpy and back in."""
 
     def __init__(self, session, io_binding: bool = True):
+        from .export_kv import PAST, PRESENT, empty_past
+
         inputs = {i.name: i for i in session.get_inputs()}
-        if "past_key_values.0.key" not in inputs:
+        if f"{PAST}0.key" not in inputs:
             raise WrongGraph("this graph has no past_key_values inputs: it is notebook 02's graph without a "
                              "cache; use the no-cache loop (NoCache) or export the KV graph (notebook 05)")
         self.session, self.io_binding = session, io_binding
-        self.past_names = [n for n in inputs if n.startswith("past_key_values.")]
-        self.present_names = [n.replace("past_key_values.", "present.") for n in self.past_names]
-        _, heads, _, head_dim = inputs["past_key_values.0.key"].shape
-        self.empty = np.zeros((1, heads, 0, head_dim), np.float32)
+        self.past_names = [n for n in inputs if n.startswith(PAST)]
+        self.present_names = [PRESENT + n[len(PAST):] for n in self.past_names]
+        _, heads, _, head_dim = inputs[f"{PAST}0.key"].shape
+        self.empty = empty_past(heads, head_dim)
 
     def start(self, prompt_ids: np.ndarray) -> np.ndarray:
         import onnxruntime as ort
@@ -121,9 +123,9 @@ class KVCache:
         return self._run(np.array([[token]], np.int64))
 
     def _run(self, ids: np.ndarray) -> np.ndarray:
-        total = self.length + ids.shape[1]
-        feed = {"input_ids": ids, "attention_mask": np.ones((1, total), np.int64),
-                "position_ids": np.arange(self.length, total, dtype=np.int64).reshape(1, -1)}
+        from .export_kv import token_feed
+
+        feed = token_feed(ids, self.length)
         if self.io_binding:
             binding = self.session.io_binding()
             for name, value in feed.items():
@@ -138,7 +140,7 @@ class KVCache:
         else:
             outputs = self.session.run(["logits", *self.present_names], {**feed, **dict(zip(self.past_names, self.past))})
             logits, self.past = outputs[0], outputs[1:]
-        self.length = total
+        self.length += ids.shape[1]
         return logits[0, -1]
 
 

@@ -26,9 +26,9 @@ def session_logits(session) -> Logits:
         return lambda ids: session.run(["logits"], {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0]
 
     def run(ids: np.ndarray) -> np.ndarray:
-        feed = {"input_ids": ids, "attention_mask": np.ones_like(ids),
-                "position_ids": np.arange(ids.shape[1], dtype=np.int64)[None]}
-        return session.run(["logits"], {**feed, **dict.fromkeys(kv.past_names, kv.empty)})[0]
+        from .export_kv import token_feed
+
+        return session.run(["logits"], {**token_feed(ids, 0), **dict.fromkeys(kv.past_names, kv.empty)})[0]
 
     return run
 

@@ -622,11 +622,11 @@ def _kv_wrapper(child: Child, ctx: Ctx) -> None:
 
 
 def _cache_names(child: Child, ctx: Ctx) -> None:
-    from .export_kv import input_names
+    from .export_kv import PAST, input_names
 
     for layers in sorted({ctx.state["layers"], int(ctx.rng.integers(1, 40))}):
         got = child.value("cache_input_names(probe['layers'])", f"cache_input_names({layers})", layers=layers)
-        expected = [n for n in input_names(layers) if n.startswith("past_key_values.")]
+        expected = [n for n in input_names(layers) if n.startswith(PAST)]
         assert isinstance(got, (list, tuple)) and list(got) == expected, say(
             "kv.cache_names", call=f"cache_input_names({layers})", expected=expected[:3], n=len(expected),
             got=list(got)[:3] if isinstance(got, (list, tuple)) else got)
