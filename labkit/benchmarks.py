@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import models, onnx_graph, parity, runtime
+from . import models, onnx_graph, parity, prompts, runtime
 from .export import export_onnx
 from .paths import onnx_dir
 
@@ -170,7 +170,7 @@ def bench_chat(name: str | None = None, json_path: str | Path | None = None, max
     from .chat import Chat
 
     loaded = models.load(name)
-    items = [dict(item) for item in quality.heldout()["prompts"]] + [{"prompt": "Hi! What can you do?", "expect": None}]
+    items = [dict(item) for item in prompts.heldout()["prompts"]] + [{"prompt": "Hi! What can you do?", "expect": None}]
     rows = []
     for variant in ("kv-fp32", "kv-int8"):
         graph = artifacts.ensure(loaded, variant)

@@ -6,8 +6,6 @@ no-cache graph one chat-formatted prompt at a time, in a fixed order.
 """
 from __future__ import annotations
 
-import json
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -16,18 +14,8 @@ from tqdm.auto import tqdm
 
 from .errors import LabkitError
 from .messages import say
+from .prompts import calibration_prompts, chat_ids
 from .runtime import observing_session
-
-
-def calibration_prompts() -> list[str]:
-    """The shipped prompt set (English and Chinese, varied tasks)."""
-    data = json.loads(resources.files("labkit").joinpath("data/calibration_prompts.json").read_text("utf-8"))
-    return data["prompts"]
-
-
-def heldout() -> dict:
-    """Held-out prompts and text, never used for calibration."""
-    return json.loads(resources.files("labkit").joinpath("data/heldout.json").read_text("utf-8"))
 
 
 class ReaderMismatch(LabkitError, ValueError):
@@ -63,9 +51,7 @@ class PromptReader(FeedReader):
 
     @staticmethod
     def _feed(tokenizer, prompt: str, max_tokens: int) -> dict[str, np.ndarray]:
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                            return_dict=True)["input_ids"][:max_tokens]
-        ids = np.asarray([ids], dtype=np.int64)
+        ids = chat_ids(tokenizer, prompt, max_tokens)
         return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
 
     def preview(self, n: int = 3) -> str:

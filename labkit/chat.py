@@ -15,6 +15,7 @@ from pathlib import Path
 
 from . import generate, runtime
 from .messages import label, say
+from .prompts import render
 from .generate import NoCache, Result, Sampling, TextStream
 
 
@@ -120,15 +121,15 @@ class Chat:
     def save(self, path: str | Path = "chat_transcript.md") -> Path:
         path = Path(path)
         about = say("chat.transcript_about", sep="  \n", model=self.label, graph=self.graph,
-                    sampling=", ".join(f"{k}={v}" for k, v in asdict(self.sampling).items() if k != "seed"), when=time.strftime("%Y-%m-%d %H:%M"))
+                    sampling=", ".join(f"{k}={v}" for k, v in asdict(self.sampling).items() if k != "seed"),
+                    when=time.strftime("%Y-%m-%d %H:%M"))
         path.write_text(f"# {label('chat.title', label=self.label)}\n\n{about}\n\n" + self.markdown(),
                         encoding="utf-8")
         return path
 
     def _render(self, messages: list[dict]) -> list[int]:
         system = [{"role": "system", "content": self.system}] if self.system else []
-        return self.tokenizer.apply_chat_template(system + messages, add_generation_prompt=True, tokenize=True,
-                                                  return_dict=True, enable_thinking=self.enable_thinking)["input_ids"]
+        return render(self.tokenizer, system + messages, enable_thinking=self.enable_thinking)
 
     def _prompt(self, messages: list[dict]) -> list[int] | None:
         """The prompt's token ids, dropping the oldest exchanges until the reply fits."""

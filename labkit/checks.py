@@ -148,11 +148,11 @@ def same_tokens(tokens, reference: list[int], tokenizer, prompt: str) -> None:
 def loop_matches_reference(loop, session, tokenizer, prompts: list[str], new_tokens: int) -> None:
     """`loop(session, prompt_ids, max_new_tokens, stop_ids)` against labkit's no-cache loop."""
     from . import generate
-    from .parity import chat_ids
+    from .prompts import chat_ids
 
     stop = generate.stop_ids(tokenizer)
     for prompt in prompts:
-        ids = chat_ids(tokenizer, prompt).numpy()
+        ids = chat_ids(tokenizer, prompt)
         reference = generate.generate(generate.NoCache(session), ids, max_new_tokens=new_tokens, stop=stop).tokens
         same_tokens(loop(session, ids, new_tokens, stop), reference, tokenizer, prompt)
 

@@ -24,8 +24,8 @@ import psutil
 from . import artifacts, generate, quality, runtime
 from .gguf_convert import bundled_gguf
 from .onnx_graph import file_bytes
-from .parity import chat_ids
 from .paths import cached_table, shared_path
+from .prompts import chat_ids, heldout, prompt_of
 
 PROMPT_LENGTHS = (32, 256, 1024)
 NEW_TOKENS = 32          # cached loops
@@ -234,16 +234,6 @@ def engines(loaded, threads: int, log=print, peers: bool = True) -> list[Engine]
     return rows
 
 
-def prompt_of(tokenizer, length: int) -> np.ndarray:
-    """`length` tokens of held-out text (repeated if short)."""
-    from .calibration import heldout
-
-    data = heldout()
-    ids = tokenizer(data["text_en"] + "\n" + data["text_zh"], add_special_tokens=False)["input_ids"]
-    ids = (ids * (length // len(ids) + 1))[:length]
-    return np.asarray([ids], np.int64)
-
-
 def run(loaded, lengths=PROMPT_LENGTHS, threads: int | None = None, log=print, peers: bool = True,
         reuse: bool = False):
     """The benchmark table (a pandas DataFrame), one row per engine and prompt length.
@@ -276,8 +266,8 @@ def _measure(loaded, lengths, threads, log, peers):
         gc.collect()
         with PeakRSS() as peak:
             run_ = engine.open()
-            agreement_runs = [run_(chat_ids(loaded.tokenizer, item["prompt"]).numpy(), 16)[0]
-                              for item in quality.heldout()["prompts"]]
+            agreement_runs = [run_(chat_ids(loaded.tokenizer, item["prompt"]), 16)[0]
+                              for item in heldout()["prompts"]]
             measured = []
             for length in lengths:
                 ids = prompt_of(loaded.tokenizer, length)

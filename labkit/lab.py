@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import env, models, onnx_graph, parity, runtime
 from .paths import artifact_path
+from .prompts import chat_ids
 
 CHECK_PROMPT = "What is the capital of France?"
 
@@ -26,8 +27,7 @@ def model_check(loaded: models.LoadedModel | None = None, prompt: str = CHECK_PR
 
     loaded = loaded or models.load()
     tok = loaded.tokenizer
-    ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                  return_tensors="pt", return_dict=True)["input_ids"]
+    ids = torch.from_numpy(chat_ids(tok, prompt))
     started = time.perf_counter()
     with torch.inference_mode():
         out = loaded.model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False,

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from .generate import greedy_ort, greedy_torch
+from .prompts import chat_ids
 
 PROMPTS = [
     "What is the capital of France?",
@@ -37,11 +38,6 @@ class Parity:
                 f"{GREEDY_TOKENS} tokens identical on {sum(self.greedy_match)}/{len(self.greedy_match)} prompts")
 
 
-def chat_ids(tokenizer, prompt: str) -> torch.Tensor:
-    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                         return_tensors="pt", return_dict=True)["input_ids"]
-
-
 def max_logit_diff(model, session, tokenizer, prompts=PROMPTS) -> float:
     """Over each prompt alone and over all of them as one left-padded batch
     (padded positions are excluded: both sides compute garbage there)."""
@@ -66,7 +62,7 @@ def check_parity(model, session, tokenizer, prompts=PROMPTS, new_tokens: int = G
     torch_tokens, onnx_tokens = [], []
     for prompt in prompts:
         ids = chat_ids(tokenizer, prompt)
-        torch_tokens.append(greedy_torch(model, ids, new_tokens))
-        onnx_tokens.append(greedy_ort(session, ids.numpy(), new_tokens))
+        torch_tokens.append(greedy_torch(model, torch.from_numpy(ids), new_tokens))
+        onnx_tokens.append(greedy_ort(session, ids, new_tokens))
     return Parity(max_logit_diff(model, session, tokenizer, prompts),
                   [a == b for a, b in zip(torch_tokens, onnx_tokens)], torch_tokens, onnx_tokens)

@@ -9,9 +9,9 @@ from typing import Callable
 
 import numpy as np
 
-from .calibration import heldout
 from .generate import greedy_ort
-from .parity import GREEDY_TOKENS, chat_ids
+from .parity import GREEDY_TOKENS
+from .prompts import chat_ids, heldout
 
 Logits = Callable[[np.ndarray], np.ndarray]  # int64 [1, T] -> float32 [1, T, vocab]
 
@@ -84,7 +84,7 @@ def greedy_runs(session, tokenizer, new_tokens: int = GREEDY_TOKENS) -> tuple[li
     """Greedy tokens for each held-out prompt, and the seconds all of them took."""
     runs, seconds = [], 0.0
     for item in heldout()["prompts"]:
-        ids = chat_ids(tokenizer, item["prompt"]).numpy()
+        ids = chat_ids(tokenizer, item["prompt"])
         started = time.perf_counter()
         runs.append(greedy_ort(session, ids, new_tokens))
         seconds += time.perf_counter() - started
@@ -130,7 +130,7 @@ def compare(models: dict[str, str | Path], tokenizer, reference: str = "FP32",
 
 def side_by_side(sessions: dict, tokenizer, prompt: str, new_tokens: int = 24) -> str:
     """Each graph's greedy answer to `prompt`, up to its end of turn, one per line."""
-    ids = chat_ids(tokenizer, prompt).numpy()
+    ids = chat_ids(tokenizer, prompt)
     width = max(map(len, sessions))
     lines = [f"Q: {prompt}"]
     for label, session in sessions.items():

@@ -22,6 +22,7 @@ import numpy as np
 
 from . import checks, paths
 from .messages import language, say
+from .prompts import calibration_prompts, chat_ids
 from .referee import Child
 
 # ---------------------------------------------------------------- shared pieces
@@ -49,12 +50,6 @@ def prompts(rng: np.random.Generator, n: int) -> list[str]:
             f"{COUNTRIES[rng.integers(len(COUNTRIES))]}的首都是哪里？",
             f"What is the capital of {COUNTRIES[rng.integers(len(COUNTRIES))]}? Then name a number near {a}."]
     return pool[:n] if n <= len(pool) else pool + prompts(rng, n - len(pool))
-
-
-def chat_ids(tokenizer, prompt: str) -> np.ndarray:
-    from .parity import chat_ids as render
-
-    return render(tokenizer, prompt).numpy()
 
 
 def reference_tokens(session, ids: np.ndarray, new_tokens: int, stop: set[int]) -> list[int]:
@@ -304,7 +299,7 @@ EXPORT = Notebook(
 
 QUANT_PRELUDE = """\
 import labkit
-from labkit import artifacts, calibration, charts, checks, onnx_graph, parity, paths, quality, quantize, runtime, sensitivity
+from labkit import artifacts, calibration, charts, checks, onnx_graph, paths, prompts, quality, quantize, runtime, sensitivity
 from onnxruntime.quantization import CalibrationDataReader
 from labkit.paths import shared_dir
 loaded = labkit.load()
@@ -328,7 +323,7 @@ def _context_03(rng):
 
 
 def _reader(child: Child, ctx: Ctx) -> None:
-    from .calibration import PromptReader, calibration_prompts
+    from .calibration import PromptReader
 
     tokenizer = ctx.state["loaded"].tokenizer
     pool = calibration_prompts()
@@ -391,7 +386,6 @@ def _quantize_call(child: Child, ctx: Ctx) -> None:
     Qwen3's graph with layers to keep float and calibration prompts drawn here; the result
     read here against labkit's own call on the same inputs."""
     from . import calibration, quantize
-    from .parity import chat_ids as render
     from .runtime import session
 
     tiny = ctx.state["tiny"]
@@ -403,7 +397,7 @@ def _quantize_call(child: Child, ctx: Ctx) -> None:
                for kind in ("self_attn.o_proj", "mlp.down_proj")]
     keep = sorted(str(x) for x in ctx.rng.choice(linears, 2, replace=False))
     feeds = [{"input_ids": ids, "attention_mask": np.ones_like(ids)}
-             for ids in (render(tiny.tokenizer, p).numpy() for p in prompts(ctx.rng, 4))]
+             for ids in (chat_ids(tiny.tokenizer, p) for p in prompts(ctx.rng, 4))]
     recipe = quantize.Recipe(weight_only=tuple(keep), smooth_alpha=None)
     child.value("str(quantize.quantize_int8_static('tiny-fp32/model.onnx', 'tiny-int8', "
                 "calibration.FeedReader(probe['feeds']), quantize.Recipe(weight_only=tuple(probe['keep']), "
@@ -475,8 +469,8 @@ def _prepare_03() -> None:
 
 QUANT = Notebook(
     prelude=QUANT_PRELUDE,
-    forbidden=["labkit.calibration.PromptReader", "labkit.calibration.KVCacheReader", "labkit.parity.chat_ids",
-               "labkit.chat.Chat._render", "labkit.quantize.lab_recipe", "labkit.quantize.static_call"],
+    forbidden=["labkit.calibration.PromptReader", "labkit.calibration.KVCacheReader", "labkit.prompts.chat_ids",
+               "labkit.prompts.render", "labkit.quantize.lab_recipe", "labkit.quantize.static_call"],
     context=_context_03,
     tasks={"test-reader": _reader, "test-quantize-call": _quantize_call, "check-quantized": _check_quantized, "check-ratio": _check_ratio,
            "check-tokens": _check_tokens},
@@ -489,7 +483,7 @@ CHAT_PRELUDE = """\
 import time
 import numpy as np
 import labkit
-from labkit import artifacts, chat, chat_box, checks, generate, parity, results, runtime
+from labkit import artifacts, chat, chat_box, checks, generate, prompts, results, runtime
 from labkit.paths import shared_dir
 tokenizer = labkit.load_tokenizer()
 sessions = {"FP32": runtime.session(shared_dir() / context["fp32"]),
@@ -553,7 +547,7 @@ import time
 import numpy as np
 import torch
 import labkit
-from labkit import (artifacts, charts, checks, decode_bench, export_kv, generate, models, onnx_graph, parity, quality,
+from labkit import (artifacts, charts, checks, decode_bench, export_kv, generate, models, onnx_graph, prompts, quality,
                     results, runtime)
 tiny = models.tiny_qwen3()
 from labkit.paths import shared_dir

@@ -3,6 +3,7 @@ import time
 
 import onnx
 import pytest
+import torch
 
 from labkit import artifacts, attention, charts, checks, decode_bench
 from labkit.benchmarks import bench_decode
@@ -131,11 +132,11 @@ def test_the_llama_cpp_peer_runs_the_bundled_gguf(default_model):
     dot products may part later), and a second run starts from an empty cache."""
     from labkit.generate import greedy_torch
     from labkit.gguf_convert import bundled_gguf
-    from labkit.parity import chat_ids
+    from labkit.prompts import chat_ids
 
     ids = chat_ids(default_model.tokenizer, "How many days are there in a week?")
     run = decode_bench._llama_cpp_runner(bundled_gguf(), threads=2)()
-    tokens, ttft, total = run(ids.numpy(), 12)
-    assert tokens[:8] == greedy_torch(default_model.model, ids, 8)
+    tokens, ttft, total = run(ids, 12)
+    assert tokens[:8] == greedy_torch(default_model.model, torch.from_numpy(ids), 8)
     assert len(tokens) == 12 and 0 < ttft < total
-    assert run(ids.numpy(), 12)[0] == tokens
+    assert run(ids, 12)[0] == tokens

@@ -2,8 +2,9 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
-from labkit import calibration, checks, export_kv, generate, parity, quantize, runtime
+from labkit import calibration, checks, export_kv, generate, prompts, quantize, runtime
 from labkit.generate import KVCache, NoCache, Recompute
 
 PROMPTS = ("What is the capital of France?", "请用一句话介绍一下你自己。", "Count to five.")
@@ -31,17 +32,16 @@ def test_graph_inputs_and_outputs(tiny_kv, tiny):
 def test_cached_greedy_equals_no_cache_and_pytorch(kv_session, tiny_onnx, tiny):
     no_cache = runtime.session(tiny_onnx)
     for prompt in PROMPTS:
-        ids = parity.chat_ids(tiny.tokenizer, prompt)
-        cached = generate.generate(KVCache(kv_session), ids.numpy(), max_new_tokens=32, stop=set()).tokens
-        plain = generate.generate(KVCache(kv_session, io_binding=False), ids.numpy(), max_new_tokens=32,
-                                  stop=set()).tokens
-        assert cached == plain == generate.greedy_ort(no_cache, ids.numpy(), 32) == \
-            generate.greedy_torch(tiny.model, ids, 32)
+        ids = prompts.chat_ids(tiny.tokenizer, prompt)
+        cached = generate.generate(KVCache(kv_session), ids, max_new_tokens=32, stop=set()).tokens
+        plain = generate.generate(KVCache(kv_session, io_binding=False), ids, max_new_tokens=32, stop=set()).tokens
+        assert cached == plain == generate.greedy_ort(no_cache, ids, 32) == \
+            generate.greedy_torch(tiny.model, torch.from_numpy(ids), 32)
 
 
 @pytest.fixture(scope="module")
 def kv_int8(tmp_path_factory, tiny, tiny_kv):
-    reader = calibration.KVCacheReader(tiny.model, tiny.tokenizer, calibration.calibration_prompts()[:4], decode_steps=3)
+    reader = calibration.KVCacheReader(tiny.model, tiny.tokenizer, prompts.calibration_prompts()[:4], decode_steps=3)
     recipe = quantize.Recipe(weight_only=("model.layers.1.mlp.down_proj",))  # one MatMulNBits layer too
     return quantize.quantize_int8_static(tiny_kv, tmp_path_factory.mktemp("q") / "kv-int8", reader, recipe)
 
@@ -53,7 +53,7 @@ def test_decode_steps_are_bit_identical_to_whole_sequence_passes(precision, tiny
     INT8 rounding turns such bits into different tokens (see labkit/attention.py)."""
     session = runtime.session(tiny_kv if precision == "fp32" else kv_int8)
     for prompt in PROMPTS:
-        ids = parity.chat_ids(tiny.tokenizer, prompt).numpy()
+        ids = prompts.chat_ids(tiny.tokenizer, prompt)
         cached, recompute = KVCache(session), Recompute(session)
         logits, reference = cached.start(ids), recompute.start(ids)
         for _ in range(24):
@@ -65,7 +65,7 @@ def test_decode_steps_are_bit_identical_to_whole_sequence_passes(precision, tiny
 def test_prefill_and_decode_logits_match_pytorch(kv_session, tiny):
     import torch
 
-    ids = parity.chat_ids(tiny.tokenizer, "Hello there").numpy()
+    ids = prompts.chat_ids(tiny.tokenizer, "Hello there")
     with torch.no_grad():
         reference = tiny.model(torch.from_numpy(ids)).logits[0].numpy()
     step = KVCache(kv_session)
@@ -87,7 +87,7 @@ def test_the_folder_runs_in_onnxruntime_genai(tiny_kv, kv_session, tiny):
     config = json.loads((tiny_kv.parent / export_kv.GENAI_CONFIG).read_text())
     assert config["model"]["decoder"]["num_hidden_layers"] == tiny.model.config.num_hidden_layers
     model = og.Model(str(tiny_kv.parent))
-    ids = parity.chat_ids(tiny.tokenizer, PROMPTS[0]).numpy()
+    ids = prompts.chat_ids(tiny.tokenizer, PROMPTS[0])
     params = og.GeneratorParams(model)
     params.set_search_options(do_sample=False, max_length=ids.shape[1] + 16, min_length=ids.shape[1] + 16)
     generator = og.Generator(model, params)

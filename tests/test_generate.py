@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
+import torch
 
-from labkit import generate, parity, runtime
+from labkit import generate, prompts, runtime
 from labkit.generate import NoCache, Sampling
 
 
@@ -32,14 +33,14 @@ def session(tiny_onnx):
 
 def test_greedy_equals_pytorch_generate(session, tiny):
     for prompt in ("What is the capital of France?", "请用一句话介绍一下你自己。", "Count to five."):
-        ids = parity.chat_ids(tiny.tokenizer, prompt)
-        reference = generate.greedy_torch(tiny.model, ids, 32)
-        ours = generate.generate(NoCache(session), ids.numpy(), max_new_tokens=32, stop=set()).tokens
+        ids = prompts.chat_ids(tiny.tokenizer, prompt)
+        reference = generate.greedy_torch(tiny.model, torch.from_numpy(ids), 32)
+        ours = generate.generate(NoCache(session), ids, max_new_tokens=32, stop=set()).tokens
         assert ours == reference
 
 
 def test_a_seed_reproduces_a_sampled_run(session, tiny):
-    ids = parity.chat_ids(tiny.tokenizer, "Tell me a story.").numpy()
+    ids = prompts.chat_ids(tiny.tokenizer, "Tell me a story.")
 
     def run(seed):
         sampling = Sampling(temperature=1.0, top_k=50, top_p=0.95, repetition_penalty=1.1, seed=seed)
@@ -117,7 +118,7 @@ def test_think_block_is_hidden():
 
 
 def test_timing_is_reported(session, tiny):
-    ids = parity.chat_ids(tiny.tokenizer, "Hi").numpy()
+    ids = prompts.chat_ids(tiny.tokenizer, "Hi")
     result = generate.generate(NoCache(session), ids, tiny.tokenizer, max_new_tokens=8, stop=set())
     assert result.new_tokens == 8 and result.prompt_tokens == ids.shape[1]
     assert 0 < result.ttft_s < result.seconds

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from labkit import quality, runtime
+from labkit import prompts, quality, runtime
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_a_graph_agrees_with_itself(session, tiny):
 
 
 def test_correct_counts_answers_that_contain_an_expected_word(tiny):
-    items = quality.heldout()["prompts"]
+    items = prompts.heldout()["prompts"]
     answerable = [item for item in items if item["expect"]]
     encode = lambda text: tiny.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     right = [encode(f"I think it is {item['expect'][-1]}.") if item["expect"] else encode("no idea")

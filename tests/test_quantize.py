@@ -8,9 +8,9 @@ import onnx
 import pytest
 import torch
 
-from labkit import calibration, export_kv, onnx_graph, onnx_weights, quantize, runtime, sensitivity, smoothquant
+from labkit import calibration, export_kv, onnx_graph, onnx_weights, prompts, quantize, runtime, sensitivity, smoothquant
 
-PROMPTS = calibration.calibration_prompts()[:8]
+PROMPTS = prompts.calibration_prompts()[:8]
 
 
 def logits(path, ids):

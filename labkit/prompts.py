@@ -1,0 +1,48 @@
+"""The lab's prompts, in one place: a chat turn rendered to token ids, the calibration
+set, the held-out set, and a prompt of exactly N tokens.
+
+The calibration and held-out sets are disjoint (a test says so): the held-out prompts and
+text measure quality on what calibration never saw.
+"""
+from __future__ import annotations
+
+import json
+from importlib import resources
+
+import numpy as np
+
+
+def _data(name: str) -> dict:
+    return json.loads(resources.files("labkit").joinpath(f"data/{name}.json").read_text("utf-8"))
+
+
+def calibration_prompts() -> list[str]:
+    """The shipped calibration prompts (English and Chinese, varied tasks)."""
+    return _data("calibration_prompts")["prompts"]
+
+
+def heldout() -> dict:
+    """Held-out prompts (with the words a correct answer contains) and text, never used for
+    calibration."""
+    return _data("heldout")
+
+
+def render(tokenizer, messages: list[dict], **template) -> list[int]:
+    """`messages` ({"role", "content"} dicts) in the model's own chat template, ending where
+    the assistant's reply begins. `template`: the template's own switches (Qwen3's
+    `enable_thinking`)."""
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True,
+                                         **template)["input_ids"]
+
+
+def chat_ids(tokenizer, prompt: str, max_tokens: int | None = None) -> np.ndarray:
+    """`prompt` as one user turn, ready for the assistant's reply: int64 [1, tokens], at most
+    `max_tokens` of them."""
+    return np.asarray([render(tokenizer, [{"role": "user", "content": prompt}])[:max_tokens]], dtype=np.int64)
+
+
+def prompt_of(tokenizer, length: int) -> np.ndarray:
+    """`length` tokens of held-out text (repeated if short): int64 [1, length]."""
+    data = heldout()
+    ids = tokenizer(data["text_en"] + "\n" + data["text_zh"], add_special_tokens=False)["input_ids"]
+    return np.asarray([(ids * (length // len(ids) + 1))[:length]], np.int64)
