@@ -13,10 +13,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import generate, runtime
-from .messages import label, say
-from .prompts import render
+from . import generate, messages, runtime
 from .generate import NoCache, Result, Sampling, TextStream
+from .messages import say
+from .prompts import render
 
 
 @dataclass
@@ -109,8 +109,8 @@ class Chat:
         self.transcript.clear()
 
     def markdown(self) -> str:
-        names = {"user": f"**{label('chat.you')}**", "assistant": f"**{self.label}**",
-                 "notice": f"_{label('chat.notice')}_"}
+        names = {"user": f"**{messages.label('chat.you')}**", "assistant": f"**{self.label}**",
+                 "notice": f"_{messages.label('chat.notice')}_"}
         lines = []
         for turn in self.transcript:
             lines.append(f"{names[turn.role]}: {turn.text}")
@@ -123,7 +123,7 @@ class Chat:
         about = say("chat.transcript_about", sep="  \n", model=self.label, graph=self.graph,
                     sampling=", ".join(f"{k}={v}" for k, v in asdict(self.sampling).items() if k != "seed"),
                     when=time.strftime("%Y-%m-%d %H:%M"))
-        path.write_text(f"# {label('chat.title', label=self.label)}\n\n{about}\n\n" + self.markdown(),
+        path.write_text(f"# {messages.label('chat.title', label=self.label)}\n\n{about}\n\n" + self.markdown(),
                         encoding="utf-8")
         return path
 
@@ -148,7 +148,7 @@ class Chat:
 
 def run_terminal(chat: Chat, read=input, write=print) -> None:
     """The chat in a terminal: Ctrl-C stops a reply, /clear, /save [path], /quit."""
-    write(f"{label('chat.title', label=chat.label)}. {say('chat.terminal_help', sep=' ')}")
+    write(f"{messages.label('chat.title', label=chat.label)}. {say('chat.terminal_help', sep=' ')}")
     shown = 0
     while True:
         for turn in chat.transcript[shown:]:  # notices from loading or from the last message
@@ -168,7 +168,7 @@ def run_terminal(chat: Chat, read=input, write=print) -> None:
             shown = 0
             continue
         if command == "/save":
-            write(label("chat.saved", path=chat.save(argument or "chat_transcript.md")))
+            write(messages.label("chat.saved", path=chat.save(argument or "chat_transcript.md")))
             continue
         if not message.strip():
             chat.send(message)  # a notice says what to do

@@ -14,16 +14,15 @@ import time
 
 import ipywidgets as widgets
 
-from . import env, generate
+from . import env, generate, messages
 from .chat import Chat, Turn
-from .messages import label as _
 
 _STYLE = {"user": "background:#e8f0fe;", "assistant": "background:#f4f4f4;", "notice": "color:#a33;"}
 _REDRAW_S = 0.1  # at most ten redraws a second while streaming
 
 
 def _html(turns: list[Turn], label: str) -> str:
-    names = {"user": _("chat.you"), "assistant": label, "notice": _("chat.notice")}
+    names = {"user": messages.label("chat.you"), "assistant": label, "notice": messages.label("chat.notice")}
     rows = []
     for turn in turns:
         timing = f"<div style='color:#777;font-size:80%'>{html.escape(turn.timing)}</div>" if turn.timing else ""
@@ -32,7 +31,7 @@ def _html(turns: list[Turn], label: str) -> str:
                     "border-radius:6px'>"
                     f"<b>{names[turn.role]}:</b> {text}{timing}</div>")
     return ("<div class='labkit-transcript' style='max-height:420px;overflow-y:auto'>"
-            + ("".join(rows) or f"<i>{_('chat.empty')}</i>") + "</div>")
+            + ("".join(rows) or f"<i>{messages.label('chat.empty')}</i>") + "</div>")
 
 
 class ChatBox:
@@ -42,25 +41,26 @@ class ChatBox:
         self.chat, self.transcript_path = chat, transcript_path
         self.thread: threading.Thread | None = None
         self.transcript = widgets.HTML(_html(chat.transcript, chat.label))
-        self.message = widgets.Text(placeholder=_("chat.placeholder"), layout=widgets.Layout(width="60%"))
-        self.send_button = widgets.Button(description=_("chat.send"), button_style="primary")
-        self.stop_button = widgets.Button(description=_("chat.stop"), disabled=True)
-        self.clear_button = widgets.Button(description=_("chat.clear"))
-        self.save_button = widgets.Button(description=_("chat.save"), icon="download")
+        self.message = widgets.Text(placeholder=messages.label("chat.placeholder"), layout=widgets.Layout(width="60%"))
+        self.send_button = widgets.Button(description=messages.label("chat.send"), button_style="primary")
+        self.stop_button = widgets.Button(description=messages.label("chat.stop"), disabled=True)
+        self.clear_button = widgets.Button(description=messages.label("chat.clear"))
+        self.save_button = widgets.Button(description=messages.label("chat.save"), icon="download")
+        wide = {"description_width": "initial"}
         self.temperature = widgets.FloatSlider(value=chat.sampling.temperature, min=0, max=1.5, step=0.05,
-                                               description=_("chat.temperature"), style={"description_width": "initial"})
+                                               description=messages.label("chat.temperature"), style=wide)
         self.max_tokens = widgets.IntSlider(value=chat.max_new_tokens, min=8, max=512, step=8,
-                                            description=_("chat.max_tokens"), style={"description_width": "initial"})
+                                            description=messages.label("chat.max_tokens"), style=wide)
         self.guard = widgets.Checkbox(value=chat.sampling.no_repeat_ngram > 0, indent=False,
-                                      description=_("chat.guard"))
-        self.status = widgets.Label(_("chat.greedy"))
+                                      description=messages.label("chat.guard"))
+        self.status = widgets.Label(messages.label("chat.greedy"))
         self.send_button.on_click(lambda _: self.send())
         self.stop_button.on_click(lambda _: self.chat.stop())
         self.clear_button.on_click(lambda _: self.clear())
         self.save_button.on_click(lambda _: self.save())
         note = env.int8_kernel_note() if "int8" in chat.label.lower() and env.int8_products_saturate() else ""
         self.widget = widgets.VBox([
-            widgets.HTML(f"<b>{html.escape(_('chat.title', label=chat.label))}</b>"
+            widgets.HTML(f"<b>{html.escape(messages.label('chat.title', label=chat.label))}</b>"
                          + (f"<br><small>{html.escape(note)}</small>" if note else "")), self.transcript,
             widgets.HBox([self.message, self.send_button, self.stop_button]),
             widgets.HBox([self.temperature, self.max_tokens, self.guard]),
@@ -73,7 +73,7 @@ class ChatBox:
     def send(self, text: str | None = None, wait: bool = False) -> None:
         """Send the text box's message (or `text`); the reply streams in a thread."""
         if self.thread is not None and self.thread.is_alive():
-            self.status.value = _("chat.busy")
+            self.status.value = messages.label("chat.busy")
             return
         text = self.message.value if text is None else text
         self.message.value = ""
@@ -98,9 +98,9 @@ class ChatBox:
                 last = time.perf_counter()
 
         try:
-            self.status.value = _("chat.answering")
+            self.status.value = messages.label("chat.answering")
             result = self.chat.send(text, on_text=redraw)
-            self.status.value = _("chat.speed", tok_s=result.tok_s, ttft_s=result.ttft_s) if result else ""
+            self.status.value = messages.label("chat.speed", tok_s=result.tok_s, ttft_s=result.ttft_s) if result else ""
         finally:
             redraw(force=True)
             self.send_button.disabled, self.stop_button.disabled = False, True
@@ -108,7 +108,7 @@ class ChatBox:
     def clear(self) -> None:
         self.chat.clear()
         self.transcript.value = _html(self.chat.transcript, self.chat.label)
-        self.status.value = _("chat.cleared")
+        self.status.value = messages.label("chat.cleared")
 
     def save(self) -> None:
-        self.status.value = _("chat.saved", path=self.chat.save(self.transcript_path))
+        self.status.value = messages.label("chat.saved", path=self.chat.save(self.transcript_path))

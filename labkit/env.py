@@ -12,8 +12,8 @@ import re
 import shutil
 from pathlib import Path
 
-from .paths import artifacts_dir
 from .messages import say
+from .paths import artifacts_dir
 
 GB = 1024**3
 # The handbook's advice for Qwen3-1.7B: the FP32 export briefly needs a lot of RAM.
