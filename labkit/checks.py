@@ -142,7 +142,8 @@ def same_tokens(tokens, reference: list[int], tokenizer, prompt: str) -> None:
         return
     first = next((i for i, (a, b) in enumerate(zip(tokens, reference)) if a != b), min(len(tokens), len(reference)))
     assert False, say("loop.diverges", prompt=prompt, first=first, total=len(reference), n=len(tokens),
-                      yours=tokenizer.decode(list(tokens)[:first + 3]), reference=tokenizer.decode(reference[:first + 3]))
+                      yours=tokenizer.decode(list(tokens)[:first + 3]),
+                      reference=tokenizer.decode(reference[:first + 3]))
 
 
 def loop_matches_reference(loop, session, tokenizer, prompts: list[str], new_tokens: int) -> None:
@@ -217,13 +218,14 @@ def kv_prefill_logits(path: str | Path, model, length: int = 7) -> None:
     import numpy as np
     import torch
 
-    from .export_kv import cache_shape, input_names, token_feed
+    from .export_kv import cache_shape, empty_past, input_names, token_feed
     from .runtime import session
 
     config = model.config
     ids = np.arange(3, 3 + length, dtype=np.int64)[None] % config.vocab_size
-    feed = {**token_feed(ids, 0), **{name: np.zeros(cache_shape(config, 1, 0), np.float32)
-                                     for name in input_names(config.num_hidden_layers)[3:]}}
+    _, kv_heads, _, head_dim = cache_shape(config, 1, 0)
+    empty = empty_past(kv_heads, head_dim)
+    feed = {**token_feed(ids, 0), **dict.fromkeys(input_names(config.num_hidden_layers)[3:], empty)}
     got = session(path).run(["logits"], feed)[0]
     with torch.no_grad():
         expected = model(input_ids=torch.from_numpy(ids), use_cache=False).logits.numpy()
