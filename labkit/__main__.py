@@ -62,7 +62,7 @@ def _download(args) -> int:
 def _lab(args) -> int:
     from .lab import run_lab
 
-    run_lab(args.model, args.out)
+    run_lab(args.model, args.out, args.lengths)
     return 0
 
 
@@ -133,7 +133,7 @@ def _grade(args) -> int:
 
 
 def _bench_grade(args) -> int:
-    from .benchmarks import bench_grade
+    from .grading import bench_grade
 
     bench_grade(args.submissions, tuple(args.workers), args.notebook, args.json)
     return 0
@@ -157,25 +157,20 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("lab", help="run the whole lab headless and write a report")
     p.add_argument("--model", help="registry name or local folder (default: $LABKIT_MODEL or smollm2-135m)")
     p.add_argument("--out", help="report folder (default: <artifacts>/report)")
+    p.add_argument("--lengths", type=int, nargs="+", metavar="N",
+                   help="the benchmark's prompt lengths (default 32 256 1024; one is quicker)")
     p.set_defaults(run=_lab)
-    p = sub.add_parser("bench-export", help="export a model without cache; print time, memory, size")
-    p.add_argument("--model", help="registry name (default: $LABKIT_MODEL or smollm2-135m)")
-    p.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
-    p.set_defaults(run=_benchmark("bench_export"))
-    p = sub.add_parser("bench-quant", help="INT8 static quantization with the lab's recipe; print size, "
-                       "quality and speed")
-    p.add_argument("--model", help="registry name (default: the session's model)")
-    p.add_argument("--json", help="also write the figures to this JSON file")
-    p.set_defaults(run=_benchmark("bench_quant"))
-    p = sub.add_parser("bench", help="engines x prompt lengths: size, speed, memory, quality; CSV, PNG, JSON")
-    p.add_argument("--model", help="registry name (default: the session's model)")
-    p.add_argument("--json", help="also write the rows to this JSON file")
-    p.set_defaults(run=_benchmark("bench_decode"))
-    p = sub.add_parser("bench-chat", help="the chat on the KV graphs, greedy vs the repetition guard: looping "
-                       "replies and correct answers on the held-out prompts")
-    p.add_argument("--model", help="registry name (default: the session's model)")
-    p.add_argument("--json", help="also write the rows to this JSON file")
-    p.set_defaults(run=_benchmark("bench_chat"))
+    for command, function, about in (
+            ("bench-export", "bench_export", "export a model without cache; print time, memory, size"),
+            ("bench-quant", "bench_quant", "INT8 static quantization with the lab's recipe; print size, quality "
+             "and speed"),
+            ("bench", "bench_decode", "engines x prompt lengths: size, speed, memory, quality; CSV, PNG, JSON"),
+            ("bench-chat", "bench_chat", "the chat on the KV graphs, greedy vs the repetition guard: looping "
+             "replies and correct answers on the held-out prompts")):
+        p = sub.add_parser(command, help=about)
+        p.add_argument("--model", help="registry name (default: $LABKIT_MODEL or smollm2-135m)")
+        p.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+        p.set_defaults(run=_benchmark(function))
     p = sub.add_parser("export-kv", help="export the KV-cache graph with genai_config.json and tokenizer files")
     p.add_argument("--model", help="registry name (default: the session's model)")
     p.add_argument("--out", required=True, help="folder to write")

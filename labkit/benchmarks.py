@@ -104,60 +104,22 @@ def bench_decode(name: str | None = None, json_path: str | Path | None = None,
     to `out_dir` (default: <artifacts>/report) and the rows as JSON if asked."""
     import json
 
-    from . import artifacts, charts, decode_bench
-    from .paths import artifact_path
+    from . import artifacts, decode_bench, report
 
-    out_dir = Path(out_dir) if out_dir else artifact_path("report", "bench.csv").parent
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = report.folder(out_dir)
     loaded = models.load(name)
     table = decode_bench.run(loaded)
     gain = decode_bench.io_binding_gain(artifacts.path(loaded, "kv-int8"), loaded.tokenizer)
     print(f"INT8 KV decode at 256 tokens: {gain['numpy_feeds_tok_s']} tok/s with the cache as numpy arrays, "
           f"{gain['io_binding_tok_s']} with I/O binding")
-    table.to_csv(out_dir / "bench.csv", index=False)
-    charts.deployment_summary(table).savefig(out_dir / "bench.png", dpi=120)
+    written = report.write_bench(table, out_dir)
     print(table.to_string(index=False))
-    print(f"Wrote {out_dir / 'bench.csv'}\n      {out_dir / 'bench.png'}")
+    print(report.bench_table(table))
+    print("Wrote " + "\n      ".join(map(str, written)))
     rows = json.loads(table.to_json(orient="records"))
     if json_path:
         Path(json_path).write_text(json.dumps(rows, indent=1))
         print(f"      {json_path}")
-    return rows
-
-
-def bench_grade(submissions: int = 6, workers: tuple[int, ...] = (1, 2), notebooks: list[str] | None = None,
-                json_path: str | Path | None = None) -> list[dict]:
-    """Throughput of `labkit grade`: `submissions` copies of the reference solution graded in a
-    scratch course with each worker count. `notebooks` limits the assignment (default: all)."""
-    import tempfile
-
-    from . import course, grading
-
-    rows = []
-    for n in workers:
-        with tempfile.TemporaryDirectory(prefix="labkit-bench-grade-") as tmp:
-            root = course.make_course(Path(tmp), notebooks=notebooks)
-            course.nbgrader(root, "generate_assignment", course.ASSIGNMENT)
-            source, release = root / "source" / course.ASSIGNMENT, root / "release" / course.ASSIGNMENT
-            for i in range(submissions):
-                for nb in sorted(source.glob("*.ipynb")):
-                    course.write_submission(release / nb.name, nb,
-                                            root / "submitted" / f"student{i:02d}" / course.ASSIGNMENT / nb.name)
-            start = time.perf_counter()
-            table = grading.grade_class(root, workers=n)
-            wall = time.perf_counter() - start
-        row = dict(workers=n, submissions=submissions,
-                   notebooks=", ".join(notebooks) if notebooks else "all", wall_s=round(wall, 1),
-                   per_hour=round(submissions * 3600 / wall, 1),
-                   median_submission_s=round(float(table["seconds"].median()), 1),
-                   max_peak_rss_gb=float(table["peak_rss_gb"].max()),
-                   all_full_marks=bool((table["auto_score"] == table["auto_max"]).all()))
-        print(f"{n} worker(s): {submissions} submissions in {wall:.0f} s = {row['per_hour']} per hour; "
-              f"median {row['median_submission_s']} s each, peak {row['max_peak_rss_gb']} GB, "
-              f"full marks: {row['all_full_marks']}", flush=True)
-        rows.append(row)
-    if json_path:
-        Path(json_path).write_text(json.dumps(rows, indent=1))
     return rows
 
 

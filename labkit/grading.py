@@ -389,3 +389,37 @@ def flagged(table) -> list[str]:
     """Students whose summary has an integrity note (isolation notes aside)."""
     notes = table["integrity"].fillna("").str.replace(r"(^|; )not isolated: [^;]*", "", regex=True)
     return table.loc[notes.str.strip("; ") != "", "student"].tolist()
+
+
+def bench_grade(submissions: int = 6, workers: tuple[int, ...] = (1, 2), notebooks: list[str] | None = None,
+                json_path: str | Path | None = None) -> list[dict]:
+    """Throughput of `labkit grade`: `submissions` copies of the reference solution graded in a
+    scratch course with each worker count. `notebooks` limits the assignment (default: all)."""
+    import json
+
+    rows = []
+    for n in workers:
+        with tempfile.TemporaryDirectory(prefix="labkit-bench-grade-") as tmp:
+            root = course.make_course(Path(tmp), notebooks=notebooks)
+            course.nbgrader(root, "generate_assignment", course.ASSIGNMENT)
+            source, release = root / "source" / course.ASSIGNMENT, root / "release" / course.ASSIGNMENT
+            for i in range(submissions):
+                for nb in sorted(source.glob("*.ipynb")):
+                    course.write_submission(release / nb.name, nb,
+                                            root / "submitted" / f"student{i:02d}" / course.ASSIGNMENT / nb.name)
+            start = time.perf_counter()
+            table = grade_class(root, workers=n)
+            wall = time.perf_counter() - start
+        row = dict(workers=n, submissions=submissions,
+                   notebooks=", ".join(notebooks) if notebooks else "all", wall_s=round(wall, 1),
+                   per_hour=round(submissions * 3600 / wall, 1),
+                   median_submission_s=round(float(table["seconds"].median()), 1),
+                   max_peak_rss_gb=float(table["peak_rss_gb"].max()),
+                   all_full_marks=bool((table["auto_score"] == table["auto_max"]).all()))
+        print(f"{n} worker(s): {submissions} submissions in {wall:.0f} s = {row['per_hour']} per hour; "
+              f"median {row['median_submission_s']} s each, peak {row['max_peak_rss_gb']} GB, "
+              f"full marks: {row['all_full_marks']}", flush=True)
+        rows.append(row)
+    if json_path:
+        Path(json_path).write_text(json.dumps(rows, indent=1))
+    return rows

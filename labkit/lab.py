@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 from . import env, models, onnx_graph, parity, runtime
-from .paths import artifact_path
 from .prompts import chat_ids
 
 CHECK_PROMPT = "What is the capital of France?"
@@ -61,26 +60,19 @@ def chat_samples(loaded, messages=CHAT_MESSAGES, max_new_tokens: int = 48) -> di
     return transcripts
 
 
-def markdown_table(table) -> str:
-    columns = list(table.columns)
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join("" if v is None else str(v) for v in row) + " |"
-              for row in table.itertuples(index=False)]
-    return "\n".join(lines)
-
-
-def run_lab(name: str | None = None, out_dir: Path | None = None) -> Path:
+def run_lab(name: str | None = None, out_dir: Path | None = None,
+            lengths: tuple[int, ...] | None = None) -> Path:
     """Run the lab end to end; return the report's path. Graphs that are still valid
-    from an earlier run are reused (the log says which)."""
-    from . import artifacts, charts, decode_bench
+    from an earlier run are reused (the log says which). `lengths`: the benchmark's
+    prompt lengths (default decode_bench.PROMPT_LENGTHS)."""
+    from . import artifacts, decode_bench, quality, report
 
-    out_dir = Path(out_dir) if out_dir else artifact_path("report", "x").parent
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = report.folder(out_dir)
 
     print("== 01 environment ==", flush=True)
-    report = env.environment_report()
-    print(env.format_report(report), flush=True)
-    (out_dir / "env.json").write_text(json.dumps(report, indent=1))
+    env_report = env.environment_report()
+    print(env.format_report(env_report), flush=True)
+    (out_dir / "env.json").write_text(json.dumps(env_report, indent=1))
 
     print("\n== 01 model check ==", flush=True)
     loaded = models.load(name)
@@ -102,20 +94,21 @@ def run_lab(name: str | None = None, out_dir: Path | None = None) -> Path:
     print(f"{graph_summary}\nready in {exported['export_s']} s; {match.summary()}", flush=True)
 
     print("\n== 03 INT8 static quantization ==", flush=True)
-    for variant in ("int8", "kv-int8"):
-        artifacts.ensure(loaded, variant)
+    int8_path = artifacts.ensure(loaded, "int8")
+    artifacts.ensure(loaded, "kv-int8")
+    quantized = quality.compare({"FP32": onnx_path, "INT8": int8_path}, loaded.tokenizer)
+    print(quantized.to_string(), flush=True)
 
     print("\n== 04 chat with each graph ==", flush=True)
     transcripts = chat_samples(loaded)
 
     print("\n== 05 benchmark ==", flush=True)
-    bench = decode_bench.run(loaded)
-    bench.to_csv(out_dir / "bench.csv", index=False)
-    charts.deployment_summary(bench).savefig(out_dir / "bench.png", dpi=120)
+    bench = decode_bench.run(loaded, **({"lengths": tuple(lengths)} if lengths else {}))
+    written = report.write_bench(bench, out_dir)
 
     report_md = out_dir / "report.md"
     report_md.write_text(
-        "# On-device LLM lab report\n\n## 01 Environment\n\n```\n" + env.format_report(report)
+        "# On-device LLM lab report\n\n## 01 Environment\n\n```\n" + env.format_report(env_report)
         + "\n```\n\n## 01 Model check\n\n"
         + f"- model: `{check['model']}` ({check['params']:,} parameters), from `{check['origin']}`\n"
         + f"- Q: {check['prompt']}\n- A: {check['reply']}\n"
@@ -123,11 +116,14 @@ def run_lab(name: str | None = None, out_dir: Path | None = None) -> Path:
         + "\n## 02 Export to ONNX\n\n```\n" + graph_summary + "\n```\n\n"
         + f"- `{onnx_path}` (no cache) and `{kv_path}` (KV cache, runs in onnxruntime-genai)\n"
         + f"- parity: {match.summary()}\n"
+        + "\n## 03 INT8 static quantization\n\n" + report.quant_table(quantized) + "\n\n"
+        + "Held-out set; agreement: greedy tokens shared with FP32 before they first differ; "
+        + f"{env.int8_kernel_note()}\n"
         + "\n## 04 Chat\n\n" + "\n".join(f"### {label}\n\n{text}" for label, text in transcripts.items())
         + "\n## 05 What each step bought\n\n![compression and tokens/s](bench.png)\n\n"
-        + markdown_table(bench) + "\n")
+        + "Decode tokens/s after a prompt of N tokens:\n\n" + report.bench_table(bench) + "\n")
     (out_dir / "model_check.json").write_text(json.dumps(check, indent=1))
     (out_dir / "export.json").write_text(json.dumps(exported, indent=1))
-    print(f"\nWrote {report_md}\n      {out_dir / 'bench.png'}\n      {out_dir / 'bench.csv'}\n"
-          f"      {out_dir / 'env.json'}\n      {out_dir / 'model_check.json'}\n      {out_dir / 'export.json'}")
+    files = [report_md, *written] + [out_dir / f for f in ("env.json", "model_check.json", "export.json")]
+    print("\nWrote " + "\n      ".join(map(str, files)))
     return report_md

@@ -154,10 +154,11 @@ def _per_tensor(ranges: dict[str, tuple[np.ndarray, np.ndarray]]) -> TensorsData
         for name, (low, high) in ranges.items()})
 
 
-def _share_int8_embedding(graph: onnx.ModelProto) -> None:
+def _share_int8_embedding(graph: onnx.ModelProto, added: dict[str, np.ndarray]) -> None:
     """Make the embedding lookup read lm_head's 8-bit [hidden, vocab] weight: gather
     columns, subtract their zero points (u8 weights), scale, transpose. The float
-    embedding matrix is then unused."""
+    embedding matrix is then unused. `added`: weights about to join the graph (lm_head's
+    own when it is weight-only)."""
     producer = producers(graph.graph)
     lm_head = next(n for n in graph.graph.node if n.op_type == "MatMul" and n.name.startswith("lm_head"))
     quantized, scale, *zero_point = producer[lm_head.input[1]].input
@@ -170,7 +171,9 @@ def _share_int8_embedding(graph: onnx.ModelProto) -> None:
     float_ = onnx.TensorProto.FLOAT
     nodes = [make("Gather", [quantized, ids], [out + "_int8"], name="model.embed_tokens/Gather", axis=1),
              make("Cast", [out + "_int8"], [out + "_float"], name="model.embed_tokens/Cast", to=float_)]
-    if zero_point and weights[quantized].data_type == onnx.TensorProto.UINT8:  # s8 weights are symmetric
+    unsigned = (added[quantized].dtype == np.uint8 if quantized in added
+                else weights[quantized].data_type == onnx.TensorProto.UINT8)
+    if zero_point and unsigned:  # s8 weights are symmetric
         nodes += [
             make("Gather", [zero_point[0], ids], [out + "_zp8"], name="model.embed_tokens/GatherZeroPoint", axis=0),
             make("Cast", [out + "_zp8"], [out + "_zp"], name="model.embed_tokens/CastZeroPoint", to=float_),
@@ -263,16 +266,19 @@ def _check_call_output(path: Path, keep_float: list[str]) -> None:
                             f"{touched[0]}: pass nodes_to_exclude=keep_float")
 
 
-def quantize_int8_static(fp32_path: str | Path, out_dir: str | Path, reader, recipe: Recipe = Recipe(),
-                         threads: int | None = None, call=None) -> Path:
-    """Quantize the float graph at `fp32_path` with `recipe`, calibrating on
-    `reader`; writes `out_dir/model.onnx` (+ `.data`) and returns its path.
-    `call(float_path, out_path, reader, ranges_file, keep_float)` runs ONNX Runtime's
-    quantizer on the prepared graph (default: `static_call` with the recipe's types)."""
-    fp32_path, out_dir = Path(fp32_path), Path(out_dir)
+@dataclass
+class _Plan:
+    """What the four passes of `quantize_int8_static` share."""
+    fp32_path: Path
+    graph: onnx.ModelProto
+    recipe: Recipe
+    tied: tuple | None              # (embedding Gather, Transpose, lm_head MatMul) when shared
+    observed: list[str]             # the activations whose ranges are measured
+    keep_float: list[str]           # MatMuls ONNX Runtime's quantizer must leave float
+
+
+def _plan(fp32_path: Path, recipe: Recipe) -> _Plan:
     graph = assert_float_model(fp32_path)
-    validate_reader(reader, graph_io(graph)["inputs"])
-    check_writable(out_dir, int(file_bytes(fp32_path) * 1.6), QuantizeError)
     with_weight, activation_only = _matmuls(graph)
     tied = _tied_lm_head(graph) if recipe.share_embedding else None
     if tied:  # lm_head gets a weight of its own before ORT sees the graph
@@ -281,61 +287,97 @@ def quantize_int8_static(fp32_path: str | Path, out_dir: str | Path, reader, rec
     observed = [n.input[0] for n in with_weight]
     if not recipe.weights_only_matmuls:
         observed += [x for n in activation_only for x in n.input]
-    observed = list(dict.fromkeys(observed))
-    steps = tqdm(total=4, desc="quantize", unit="step", file=sys.stdout)
+    keep_float = [f"{name}/MatMul" for name in recipe.weight_only] + (
+        [n.name for n in activation_only] if recipe.weights_only_matmuls else [])
+    return _Plan(fp32_path, graph, recipe, tied, list(dict.fromkeys(observed)), keep_float)
+
+
+def _prepare(plan: _Plan, ranges: dict, work: Path) -> None:
+    """Pass 2: the float graph ONNX Runtime will quantize (SmoothQuant folded in, lm_head
+    untied) in work/float, and the ranges, as its calibration cache, in work/ranges.json."""
+    (work / "float").mkdir()
+    added = {**untie_lm_head(plan.graph, plan.fp32_path.parent),
+             **_drop_float_embedding(plan.graph, plan.tied[0])} if plan.tied else {}
+    factors = {}
+    if plan.recipe.smooth_alpha is not None:
+        factors, ranges = smoothquant.smooth(plan.graph, plan.fp32_path.parent, ranges, plan.recipe.smooth_alpha,
+                                             skip=set(plan.recipe.weight_only))
+    onnx_weights.save(plan.graph, plan.fp32_path.parent, work / "float" / MODEL_FILE,
+                      replace=smoothquant.apply(factors), added=added)
+    save_tensors_data(_per_tensor(ranges), work / "ranges.json")
+
+
+def _run_quantizer(plan: _Plan, reader, work: Path, call) -> None:
+    """Pass 3: `call` (the student's, or `static_call`) from work/float to work/qdq."""
+    (work / "qdq").mkdir()
+    with _quiet_ort_quantizer():
+        try:
+            (call or functools.partial(static_call, recipe=plan.recipe))(
+                work / "float" / MODEL_FILE, work / "qdq" / MODEL_FILE, reader, work / "ranges.json",
+                plan.keep_float)
+        except Exception as exc:
+            if call is None:
+                raise
+            # ORT's message for a node it has no range for names no parameter of the call.
+            raise QuantizeError(f"the quantize call raised {type(exc).__name__}: {exc}. Ranges exist only "
+                                "for the MatMuls to quantize: pass calibration_cache_path=ranges_file, "
+                                "op_types_to_quantize=['MatMul'] and nodes_to_exclude=keep_float") from exc
+    _check_call_output(work / "qdq" / MODEL_FILE, plan.keep_float)
+    shutil.rmtree(work / "float")
+
+
+def _finish(plan: _Plan, work: Path) -> None:
+    """Pass 4: weight-only linears, the shared int8 embedding, the recipe in the metadata;
+    writes work/model.onnx."""
+    final = onnx.load(str(work / "qdq" / MODEL_FILE), load_external_data=False)
+    added = _weight_only(final, work / "qdq", plan.recipe.weight_only)
+    if plan.tied:  # after _weight_only: lm_head's int8 weight may come from either quantizer
+        _share_int8_embedding(final, added)
+    set_metadata(final, "labkit.recipe", plan.recipe.describe())
+    onnx_weights.save(final, work / "qdq", work / MODEL_FILE, added=added)
+    shutil.rmtree(work / "qdq")
+    (work / "ranges.json").unlink()
+    onnx.checker.check_model(str(work / MODEL_FILE))
+
+
+@contextlib.contextmanager
+def _passes(total: int):
+    """A progress bar of `total` passes; `start(name)` ends the last pass and names the next."""
+    bar = tqdm(total=total, desc="quantize", unit="step", file=sys.stdout)
+    begun = []
+
+    def start(name: str) -> None:
+        if begun:
+            bar.update()
+        begun.append(name)
+        bar.set_postfix_str(name)
     try:
-        with staged_dir(out_dir, QuantizeError) as work:
-            steps.set_postfix_str("calibrate")
-            ranges = channel_ranges(fp32_path, reader, observed, threads)
-            steps.update()
-
-            steps.set_postfix_str("prepare the float graph")
-            (work / "float").mkdir()
-            factors = {}
-            if recipe.smooth_alpha is not None:
-                factors, ranges = smoothquant.smooth(graph, fp32_path.parent, ranges, recipe.smooth_alpha,
-                                                     skip=set(recipe.weight_only))
-            added = {**untie_lm_head(graph, fp32_path.parent),
-                     **_drop_float_embedding(graph, tied[0])} if tied else {}
-            onnx_weights.save(graph, fp32_path.parent, work / "float" / MODEL_FILE,
-                              replace=smoothquant.apply(factors), added=added)
-            del added
-            save_tensors_data(_per_tensor(ranges), work / "ranges.json")
-            steps.update()
-
-            steps.set_postfix_str("quantize (onnxruntime)")
-            (work / "qdq").mkdir()
-            keep_float = [f"{name}/MatMul" for name in recipe.weight_only] + (
-                [n.name for n in activation_only] if recipe.weights_only_matmuls else [])
-            with _quiet_ort_quantizer():
-                try:
-                    (call or functools.partial(static_call, recipe=recipe))(
-                        work / "float" / MODEL_FILE, work / "qdq" / MODEL_FILE, reader, work / "ranges.json",
-                        keep_float)
-                except Exception as exc:
-                    if call is None:
-                        raise
-                    # ORT's message for a node it has no range for names no parameter of the call.
-                    raise QuantizeError(f"the quantize call raised {type(exc).__name__}: {exc}. Ranges exist only "
-                                        "for the MatMuls to quantize: pass calibration_cache_path=ranges_file, "
-                                        "op_types_to_quantize=['MatMul'] and nodes_to_exclude=keep_float") from exc
-            _check_call_output(work / "qdq" / MODEL_FILE, keep_float)
-            shutil.rmtree(work / "float")
-            steps.update()
-
-            steps.set_postfix_str("share the embedding, write")
-            final = onnx.load(str(work / "qdq" / MODEL_FILE), load_external_data=False)
-            added = _weight_only(final, work / "qdq", recipe.weight_only)
-            if tied:  # after _weight_only: lm_head's int8 weight may come from either quantizer
-                _share_int8_embedding(final)
-            set_metadata(final, "labkit.recipe", recipe.describe())
-            onnx_weights.save(final, work / "qdq", work / MODEL_FILE, added=added)
-            shutil.rmtree(work / "qdq")
-            (work / "ranges.json").unlink()
-            onnx.checker.check_model(str(work / MODEL_FILE))
-            steps.update()
+        yield start
+        bar.update()
     finally:
-        steps.close()
+        bar.close()
+
+
+def quantize_int8_static(fp32_path: str | Path, out_dir: str | Path, reader, recipe: Recipe = Recipe(),
+                         threads: int | None = None, call=None) -> Path:
+    """Quantize the float graph at `fp32_path` with `recipe`, calibrating on
+    `reader`; writes `out_dir/model.onnx` (+ `.data`) and returns its path.
+    `call(float_path, out_path, reader, ranges_file, keep_float)` runs ONNX Runtime's
+    quantizer on the prepared graph (default: `static_call` with the recipe's types)."""
+    fp32_path, out_dir = Path(fp32_path), Path(out_dir)
+    plan = _plan(fp32_path, recipe)
+    validate_reader(reader, graph_io(plan.graph)["inputs"])
+    check_writable(out_dir, int(file_bytes(fp32_path) * 1.6), QuantizeError)
+    with staged_dir(out_dir, QuantizeError) as work, _passes(4) as start:
+        start("calibrate")
+        ranges = channel_ranges(fp32_path, reader, plan.observed, threads)
+        start("prepare the float graph")
+        _prepare(plan, ranges, work)
+        del ranges
+        start("quantize (onnxruntime)")
+        _run_quantizer(plan, reader, work, call)
+        start("share the embedding, write")
+        _finish(plan, work)
     return out_dir / MODEL_FILE
 
 

@@ -117,7 +117,16 @@ def test_the_lab_chats_with_every_graph(bench, tiny):
     assert list(transcripts) == list(lab.GRAPHS)
     for text in transcripts.values():
         assert "**你 You**: Hi" in text and "tokens/s" in text and "notice" not in text
-    assert lab.markdown_table(bench.head(2)).count("\n") == 3
+
+def test_the_report_tables_read_like_the_readme(bench):
+    from labkit import report
+
+    table = report.bench_table(bench)
+    lines = table.splitlines()
+    assert lines[0] == "| engine | size | 16 |" and len(lines) == 2 + len(bench)
+    assert "| ORT INT8, KV cache | " in table and "| PyTorch FP32, no cache | " in table
+    row = bench[(bench["precision"] == "int8") & bench["cache"]].iloc[0]
+    assert f"| {row['bytes'] / 1e6:,.1f} MB | {row['tok_s']:.2f} |" in table
 
 
 def test_io_binding_gain_measures_both_ways(bench, tiny):

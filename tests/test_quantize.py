@@ -61,6 +61,22 @@ def test_embedding_lookup_reads_the_int8_lm_head_weight(tmp_path, tiny, tiny_onn
     np.testing.assert_allclose(looked_up[0], table[:, ids[0]].T, rtol=1e-6)
 
 
+def test_lm_head_may_be_weight_only_and_still_shared(tmp_path, tiny, tiny_onnx, ids):
+    """weight_only=("lm_head",): lm_head reads int8 weights with float activations, and the
+    embedding lookup reads the same int8 matrix (the weight-only quantizer's, not ORT's)."""
+    reader = calibration.PromptReader(tiny.tokenizer, PROMPTS)
+    int8 = quantize.quantize_int8_static(tiny_onnx, tmp_path / "int8", reader, quantize.Recipe(weight_only=("lm_head",)))
+    graph = onnx_graph.load_graph(int8).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    lm_head = next(n for n in graph.node if n.name == "lm_head/MatMul")
+    assert producer[lm_head.input[1]].op_type == "DequantizeLinear"
+    assert producer[lm_head.input[0]].op_type != "DequantizeLinear"
+    gather = next(n for n in graph.node if n.name == "model.embed_tokens/Gather")
+    assert gather.input[0] == producer[lm_head.input[1]].input[0] == "lm_head.weight_quantized"
+    ref, out = logits(tiny_onnx, ids), logits(int8, ids)
+    assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 0.05
+
+
 def test_weight_only_layer_keeps_float_activations(int8):
     graph = onnx_graph.load_graph(int8).graph
     producer = {o: n for n in graph.node for o in n.output}
