@@ -328,6 +328,23 @@ def test_a_course_that_is_not_ready_gets_a_clear_error(tmp_path, capsys):
         grading.make_jobs(root, students=["ghost"])
 
 
+def test_shared_artifacts_the_kernels_cannot_read_are_refused_before_grading(tmp_path, monkeypatch):
+    from labkit import paths, sandbox
+
+    root = course.make_course(tmp_path / "course", notebooks=[NB])
+    assert course.grading_api(root).generate_assignment(course.ASSIGNMENT)["success"]
+    _submit(root, "alice", {}, [])
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    private.chmod(0o700)
+    monkeypatch.setenv(paths.SHARED_ENV, str(private))
+    monkeypatch.setattr(sandbox, "isolation", lambda: "sandbox")
+    with pytest.raises(grading.GradingSetupError, match=f"chmod o\\+rx {private}"):
+        grading.make_jobs(root)
+    private.chmod(0o755)
+    assert [j.student for j in grading.make_jobs(root)] == ["alice"]
+
+
 def test_zip_collect_files_an_lms_download_under_each_student(tmp_path):
     import zipfile
 
