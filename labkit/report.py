@@ -35,7 +35,7 @@ def bench_table(table) -> str:
     """Decode tokens/s per engine (rows) and prompt length (columns), with each file's size."""
     lengths = sorted(set(table["prompt_len"]))
     rows = []
-    for (_, _, _), group in table.groupby(["engine", "precision", "cache"], sort=False):
+    for _, group in table.groupby(["engine", "precision", "cache"], sort=False):
         speed = dict(zip(group["prompt_len"], group["tok_s"]))
         first = group.iloc[0]
         rows.append([engine_name(first), megabytes(first["bytes"])] + [f"{speed[n]:.2f}" for n in lengths])

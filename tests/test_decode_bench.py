@@ -118,6 +118,7 @@ def test_the_lab_chats_with_every_graph(bench, tiny):
     for text in transcripts.values():
         assert "**你 You**: Hi" in text and "tokens/s" in text and "notice" not in text
 
+
 def test_the_report_tables_read_like_the_readme(bench):
     from labkit import report
 
