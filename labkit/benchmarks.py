@@ -114,7 +114,6 @@ def bench_decode(name: str | None = None, json_path: str | Path | None = None,
           f"{gain['io_binding_tok_s']} with I/O binding")
     written = report.write_bench(table, out_dir)
     print(table.to_string(index=False))
-    print(report.bench_table(table))
     print("Wrote " + "\n      ".join(map(str, written)))
     rows = json.loads(table.to_json(orient="records"))
     if json_path:

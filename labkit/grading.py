@@ -114,12 +114,12 @@ def make_jobs(root: Path, assignment: str = course.ASSIGNMENT, students: list[st
     if not students:
         raise GradingSetupError(f"nothing to grade: {root}/submitted/ has no */{assignment}/ folder")
     shared = paths.shared_dir()
-    if sandbox.isolation() == "sandbox" and not shared.stat().st_mode & 0o005 == 0o005:
+    mode = shared.stat().st_mode & 0o777
+    if sandbox.isolation() == "sandbox" and mode & 0o005 != 0o005:
         # Graded kernels run as users of their own: a folder only its owner may enter would
         # turn every submission's graphs into "file not found" and every score into 0.
         raise GradingSetupError(f"the graded kernels, which run as other users, cannot read the shared "
-                                f"artifacts in {shared} (mode {shared.stat().st_mode & 0o777:o}): "
-                                f"run `chmod o+rx {shared}`")
+                                f"artifacts in {shared} (mode {mode:o}): run `chmod o+rx {shared}`")
     config, db = (root / "nbgrader_config.py").read_text(), gradebook.read_bytes()
     source = _files(root / "source" / assignment)
     key = referee.course_key(root)

@@ -296,12 +296,12 @@ def _prepare(plan: _Plan, ranges: dict, work: Path) -> None:
     """Pass 2: the float graph ONNX Runtime will quantize (SmoothQuant folded in, lm_head
     untied) in work/float, and the ranges, as its calibration cache, in work/ranges.json."""
     (work / "float").mkdir()
-    added = {**untie_lm_head(plan.graph, plan.fp32_path.parent),
-             **_drop_float_embedding(plan.graph, plan.tied[0])} if plan.tied else {}
     factors = {}
     if plan.recipe.smooth_alpha is not None:
         factors, ranges = smoothquant.smooth(plan.graph, plan.fp32_path.parent, ranges, plan.recipe.smooth_alpha,
                                              skip=set(plan.recipe.weight_only))
+    added = {**untie_lm_head(plan.graph, plan.fp32_path.parent),
+             **_drop_float_embedding(plan.graph, plan.tied[0])} if plan.tied else {}
     onnx_weights.save(plan.graph, plan.fp32_path.parent, work / "float" / MODEL_FILE,
                       replace=smoothquant.apply(factors), added=added)
     save_tensors_data(_per_tensor(ranges), work / "ranges.json")
@@ -344,12 +344,10 @@ def _finish(plan: _Plan, work: Path) -> None:
 def _passes(total: int):
     """A progress bar of `total` passes; `start(name)` ends the last pass and names the next."""
     bar = tqdm(total=total, desc="quantize", unit="step", file=sys.stdout)
-    begun = []
 
     def start(name: str) -> None:
-        if begun:
+        if bar.postfix:  # a pass is under way: it ends here
             bar.update()
-        begun.append(name)
         bar.set_postfix_str(name)
     try:
         yield start

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from .charts import SHORT_NAMES, deployment_summary
-from .paths import artifact_path
+from .paths import artifacts_dir
 
 
 def folder(out_dir: str | Path | None = None) -> Path:
     """`out_dir`, else <artifacts>/report; it exists."""
-    out = Path(out_dir) if out_dir else artifact_path("report", "report.md").parent
+    out = Path(out_dir) if out_dir else artifacts_dir() / "report"
     out.mkdir(parents=True, exist_ok=True)
     return out
 

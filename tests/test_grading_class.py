@@ -335,7 +335,7 @@ def test_shared_artifacts_the_kernels_cannot_read_are_refused_before_grading(tmp
     assert course.grading_api(root).generate_assignment(course.ASSIGNMENT)["success"]
     _submit(root, "alice", {}, [])
     private = tmp_path / "private"
-    private.mkdir(mode=0o700)
+    private.mkdir()
     private.chmod(0o700)
     monkeypatch.setenv(paths.SHARED_ENV, str(private))
     monkeypatch.setattr(sandbox, "isolation", lambda: "sandbox")
