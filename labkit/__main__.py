@@ -62,7 +62,7 @@ def _download(args) -> int:
 def _lab(args) -> int:
     from .lab import run_lab
 
-    run_lab(args.model, args.out, args.lengths)
+    run_lab(args.model, args.out, args.lengths, peers=not args.no_peers)
     return 0
 
 
@@ -159,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="report folder (default: <artifacts>/report)")
     p.add_argument("--lengths", type=int, nargs="+", metavar="N",
                    help="the benchmark's prompt lengths (default 32 256 1024; one is quicker)")
+    p.add_argument("--no-peers", action="store_true", help="benchmark the lab's own graphs only (no "
+                   "onnxruntime-genai loop, no llama.cpp), as notebook 05 does")
     p.set_defaults(run=_lab)
     for command, function, about in (
             ("bench-export", "bench_export", "export a model without cache; print time, memory, size"),
@@ -166,7 +168,9 @@ def main(argv: list[str] | None = None) -> int:
              "and speed"),
             ("bench", "bench_decode", "engines x prompt lengths: size, speed, memory, quality; CSV, PNG, JSON"),
             ("bench-chat", "bench_chat", "the chat on the KV graphs, greedy vs the repetition guard: looping "
-             "replies and correct answers on the held-out prompts")):
+             "replies and correct answers on the held-out prompts"),
+            ("bench-profile", "bench_profile", "one decode step per operator type, the lab's KV graphs and the "
+             "fused ones; where cached tokens part from recomputed ones")):
         p = sub.add_parser(command, help=about)
         p.add_argument("--model", help="registry name (default: $LABKIT_MODEL or smollm2-135m)")
         p.add_argument("--json", metavar="PATH", help="also write the figures as JSON")

@@ -4,6 +4,8 @@
     kv-fp32   notebook 05: with a KV cache      kv-int8   static INT8 of kv-fp32, calibrated on
                                                           prefill and decode-step feeds
                                                 kv-int4   4-bit weights of kv-fp32 (MatMulNBits)
+    fused-fp32, fused-int8, fused-int4: the KV graph with fused kernels (fused.py), built
+              by onnxruntime-genai's model builder from the same weights
 
 A graph is reused when it loads, is newer than the graph it was made from and, for
 an export, carries the stamp of the current export code; otherwise it is rebuilt,
@@ -14,14 +16,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from . import attention
+from . import attention, fused
 from .onnx_graph import BrokenOnnxFile, load_graph, metadata
 from .paths import MODEL_FILE, building, onnx_dir
 
-SOURCES = {"fp32": None, "int8": "fp32", "kv-fp32": None, "kv-int8": "kv-fp32", "kv-int4": "kv-fp32"}
+SOURCES = {"fp32": None, "int8": "fp32", "kv-fp32": None, "kv-int8": "kv-fp32", "kv-int4": "kv-fp32",
+           **dict.fromkeys(fused.PRECISIONS)}
 # A KV graph exported with transformers' attention runs, but its INT8 decode steps
 # are not bit-identical to whole-sequence passes (attention.py): rebuild it.
-STAMPS = {"kv-fp32": (attention.METADATA_KEY, attention.NAME)}
+STAMPS = {"kv-fp32": (attention.METADATA_KEY, attention.NAME), **dict.fromkeys(fused.PRECISIONS, fused.STAMP)}
 
 
 def path(loaded, variant: str) -> Path:
@@ -50,6 +53,8 @@ def _build(loaded, variant: str) -> Path:
         return export.export_onnx(loaded.model, out)
     if variant == "kv-fp32":
         return export_kv.export_kv(loaded.model, out, loaded.tokenizer)
+    if variant in fused.PRECISIONS:
+        return fused.build(loaded, variant, out)
     source = ensure(loaded, SOURCES[variant])
     if variant == "kv-int4":
         built = quantize.quantize_int4_weight_only(source, out)

@@ -122,6 +122,28 @@ def bench_decode(name: str | None = None, json_path: str | Path | None = None,
     return rows
 
 
+def bench_profile(name: str | None = None, json_path: str | Path | None = None, past: int = 256) -> dict:
+    """Where a decode step's time goes, per operator type, in the lab's KV graphs and the
+    fused ones (decode_bench.op_profile); and for each cached graph, where its greedy
+    tokens first part from recomputing the whole sequence (8 held-out prompts x 64 tokens)."""
+    from . import artifacts, decode_bench, env, quality
+
+    loaded = models.load(name)
+    print(f"{env.cpu_summary()}; one decode step after {past} cached tokens, {runtime.default_threads()} threads",
+          flush=True)
+    result = {"model": loaded.name, "past": past, "isa": env.cpu_summary(), "graphs": {}}
+    for variant in ("kv-fp32", "kv-int8", "fused-fp32", "fused-int8", "fused-int4"):
+        path = artifacts.ensure(loaded, variant)
+        table = decode_bench.op_profile(path, past=past)
+        parted = quality.cached_vs_recomputed(runtime.session(path), loaded.tokenizer)
+        exact = sum(p is None for p in parted)
+        print(f"\n{variant}: {table['ms_per_step'].sum():.2f} ms of kernels in {table['kernels_per_step'].sum()} "
+              f"kernels per step; cached = recomputed on {exact}/{len(parted)} prompts (first difference: {parted})\n"
+              + table.head(8).to_string(index=False), flush=True)
+        result["graphs"][variant] = {"ops": json.loads(table.to_json(orient="records")), "first_difference": parted}
+    return _written(result, json_path)
+
+
 def bench_chat(name: str | None = None, json_path: str | Path | None = None, max_new_tokens: int = 256) -> dict:
     """The chat on the KV graphs, plain greedy ("before") and with the chat's repetition guard
     ("after"): on each held-out prompt alone, and as one conversation through all of them,

@@ -41,7 +41,8 @@ def quant_comparison(table: pd.DataFrame):
     return fig
 
 
-SHORT_NAMES = {"pytorch": "PyTorch", "onnxruntime": "ORT", "onnxruntime-genai": "ORT-genai"}
+SHORT_NAMES = {"pytorch": "PyTorch", "onnxruntime": "ORT", "onnxruntime-fused": "ORT fused",
+               "onnxruntime-genai": "ORT-genai"}
 
 
 def row_label(row) -> str:
@@ -58,7 +59,8 @@ def deployment_summary(table: pd.DataFrame, prompt_len: int | None = None):
     rows = table[table["prompt_len"] == prompt_len].copy()
     rows.index = [row_label(r) for _, r in rows.iterrows()]
     colors = ["tab:gray" if e == "pytorch" else "tab:blue" if e == "onnxruntime" and p == "fp32"
-              else "tab:green" if e == "onnxruntime" else "tab:purple" for e, p in zip(rows["engine"], rows["precision"])]
+              else "tab:green" if e == "onnxruntime" else "tab:orange" if e == "onnxruntime-fused"
+              else "tab:purple" for e, p in zip(rows["engine"], rows["precision"])]
     fig, axes = plt.subplots(1, 2, figsize=(14, 4.6))
     (1 / rows["ratio"]).plot.bar(ax=axes[0], color=colors, title="compression vs FP32 (x, higher is smaller)")
     _label_bars(axes[0], "%.1fx")

@@ -11,7 +11,6 @@ is the ceiling for a cached loop.
 from __future__ import annotations
 
 import gc
-import importlib.util
 import threading
 import time
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from typing import Callable
 import numpy as np
 import psutil
 
-from . import artifacts, generate, quality, runtime
+from . import artifacts, env, fused, generate, peers, quality, runtime
 from .gguf_convert import bundled_gguf
 from .onnx_graph import file_bytes
 from .paths import cached_table, shared_path
@@ -81,7 +80,7 @@ def memory_bandwidth_gb_s(megabytes: int = 512, repeats: int = 5) -> float:
 
 
 def _ort(engine: str, precision: str, cache: bool, path: Path, threads: int) -> Engine:
-    loop = generate.KVCache if cache else generate.NoCache
+    loop = generate.cached_loop if cache else generate.NoCache
     return Engine(engine, precision, cache, file_bytes(path), _ort_runner(path, loop, threads),
                   lambda: quality.session_logits(runtime.session(path, threads)), path)
 
@@ -123,90 +122,14 @@ def _torch_runner(model, cache: bool):
     return open_
 
 
-def _genai_runner(folder: Path):
-    def open_():
-        import onnxruntime_genai as og
-
-        model = og.Model(str(folder))
-
-        def run(ids, new_tokens):
-            params = og.GeneratorParams(model)
-            params.set_search_options(do_sample=False, max_length=ids.shape[1] + new_tokens,
-                                      min_length=ids.shape[1] + new_tokens)
-            started = time.perf_counter()
-            generator = og.Generator(model, params)
-            generator.append_tokens(ids[0].tolist())
-            generator.generate_next_token()
-            ttft = time.perf_counter() - started
-            while not generator.is_done():
-                generator.generate_next_token()
-            tokens = list(generator.get_sequence(0))[ids.shape[1]:]
-            return tokens, ttft, time.perf_counter() - started
-        return run
-    return open_
-
-
-def _llama_cpp_runner(gguf: Path, threads: int):
-    def open_():
-        import llama_cpp
-
-        llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=2048, n_batch=1024, n_threads=threads,
-                              n_threads_batch=threads, verbose=False)
-        vocab = llm.n_vocab()
-
-        def argmax() -> int:  # the last position's logits, as the ONNX loops pick them
-            return int(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(vocab,)).argmax())
-
-        def run(ids, new_tokens):
-            llm.reset()
-            started = time.perf_counter()
-            llm.eval(ids[0].tolist())
-            tokens = [argmax()]
-            ttft = time.perf_counter() - started
-            while len(tokens) < new_tokens:
-                llm.eval(tokens[-1:])
-                tokens.append(argmax())
-            return tokens, ttft, time.perf_counter() - started
-        return run
-    return open_
-
-
-def genai_builder_models(loaded, log=print) -> dict[str, Path]:
-    """onnxruntime-genai's model builder output for the same model (FP32, INT4), if
-    the package is installed; {} with a message otherwise."""
-    import os
-    import subprocess
-    import sys
-
-    from .models import default_model_folder
-    from .paths import onnx_dir
-
-    if importlib.util.find_spec("onnxruntime_genai") is None:
-        log("peer onnxruntime-genai: not installed (pip install onnxruntime-genai); skipped")
-        return {}
-    if loaded.name != "smollm2-135m":
-        log(f"peer onnxruntime-genai builder: only run for the bundled model, not {loaded.name}; skipped")
-        return {}
-    built = {}
-    for precision in ("fp32", "int4"):
-        out = onnx_dir(loaded.name, f"genai-builder-{precision}")
-        if not (out / "genai_config.json").is_file():
-            log(f"peer onnxruntime-genai builder {precision}: building {out}")
-            command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-m", "HuggingFaceTB/SmolLM2-135M-Instruct",
-                       "-i", str(default_model_folder()), "-o", str(out), "-p", precision, "-e", "cpu",
-                       "-c", str(out.parent / "genai-cache")]
-            # -i gives the weights; offline keeps the builder from asking the hub for the config
-            done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-            if done.returncode != 0:
-                log(f"peer onnxruntime-genai builder {precision} failed; skipped:\n{done.stderr[-1500:]}")
-                continue
-        built[precision] = out
-    return built
-
-
 def engines(loaded, threads: int, log=print, peers: bool = True) -> list[Engine]:
     """Every engine the benchmark compares, graphs built or reused first."""
-    graphs = {v: artifacts.ensure(loaded, v, log) for v in ("fp32", "int8", "kv-fp32", "kv-int8", "kv-int4")}
+    variants = ["fp32", "int8", "kv-fp32", "kv-int8", "kv-int4"]
+    if reason := fused.unsupported(loaded.model.config):
+        log(f"fused graphs: skipped, {reason}")
+    else:
+        variants += list(fused.PRECISIONS)
+    graphs = {v: artifacts.ensure(loaded, v, log) for v in variants}
     fp32_bytes = file_bytes(graphs["fp32"])
     logits = lambda: quality.torch_logits(loaded.model)  # noqa: E731
     rows = [
@@ -217,20 +140,22 @@ def engines(loaded, threads: int, log=print, peers: bool = True) -> list[Engine]
         _ort("onnxruntime", "int8", False, graphs["int8"], threads),
         _ort("onnxruntime", "int8", True, graphs["kv-int8"], threads),
         _ort("onnxruntime", "int4", True, graphs["kv-int4"], threads),
+        *(_ort("onnxruntime-fused", v.split("-")[1], True, graphs[v], threads) for v in fused.PRECISIONS if v in graphs),
     ]
     if not peers:
         return rows
-    for precision, folder in genai_builder_models(loaded, log).items():
-        size = sum(file_bytes(p) for p in folder.glob("*.onnx"))
-        rows.append(Engine("onnxruntime-genai", precision, True, size, _genai_runner(folder)))
-    if importlib.util.find_spec("llama_cpp") is None:
+    for variant in ("fused-int8", "fused-int4"):  # the same fused graphs in onnxruntime-genai's own loop
+        if variant in graphs:
+            rows.append(Engine("onnxruntime-genai", variant.split("-")[1], True, file_bytes(graphs[variant]),
+                               peers.genai_runner(graphs[variant].parent)))
+    if not peers.llama_cpp_installed():
         log("peer llama.cpp: llama-cpp-python is not installed (pip install -e '.[peers]' compiles it: "
             "about 8 minutes on 2 cores); skipped")
     elif loaded.name != "smollm2-135m":
         log(f"peer llama.cpp: only run on the bundled GGUF, not {loaded.name}; skipped")
-    else:  # the very file the lab's float32 model was converted from: its weights are Q4_1
-        gguf = bundled_gguf()
-        rows.append(Engine("llama.cpp", "q4_1", True, gguf.stat().st_size, _llama_cpp_runner(gguf, threads)))
+    else:  # Q4_1: the very file the lab's float32 model was converted from; Q8_0 quantized from it
+        for precision, gguf in (("q8_0", peers.q8_0_gguf()), ("q4_1", bundled_gguf())):
+            rows.append(Engine("llama.cpp", precision, True, gguf.stat().st_size, peers.llama_cpp_runner(gguf, threads)))
     return rows
 
 
@@ -260,7 +185,8 @@ def _measure(loaded, lengths, threads, log, peers):
     perplexities: dict = {}
     rows = []
     bandwidth = memory_bandwidth_gb_s()
-    log(f"memory bandwidth (copy): {bandwidth:.1f} GB/s; {threads} threads")
+    cpu = env.cpu_summary()
+    log(f"{cpu}; memory bandwidth (copy): {bandwidth:.1f} GB/s; {threads} threads")
     fp32_bytes = table[0].bytes
     for engine in tqdm(table, desc="bench", unit="engine"):
         gc.collect()
@@ -289,7 +215,7 @@ def _measure(loaded, lengths, threads, log, peers):
                          "agreement": round(quality.agreement(agreement_runs, reference_tokens), 4),
                          "ppl_en": round(perplexities[engine.graph], 2) if engine.graph in perplexities else None,
                          "weight_gb_s": round(engine.bytes * tok_s / 1e9, 2),
-                         "memory_gb_s": round(bandwidth, 1)})
+                         "memory_gb_s": round(bandwidth, 1), "cpu": cpu})
         log(f"{engine.engine} {engine.precision} {'KV' if engine.cache else 'no cache'}: " + ", ".join(
             f"{r['prompt_len']} tok {r['tok_s']} tok/s" for r in rows[-len(lengths):]))
     return pd.DataFrame(rows)
@@ -306,3 +232,37 @@ def io_binding_gain(path: Path, tokenizer, prompt_len: int = 256, threads: int |
                                    stop=set())
         speeds.setdefault(binding, []).append(result.tok_s)
     return {"numpy_feeds_tok_s": round(max(speeds[False]), 2), "io_binding_tok_s": round(max(speeds[True]), 2)}
+
+
+def op_profile(path: Path, past: int = 256, steps: int = 16, threads: int | None = None):
+    """Where one decode step's time goes: ONNX Runtime's profiler over `steps` steps of one
+    new token after `past` cached ones, summed per operator type (a DataFrame: op, ms per
+    step, share of kernel time, kernels per step). The profiler's own bookkeeping adds a
+    little to each kernel, so a graph of many small kernels reads a bit slower here than
+    in `run`."""
+    import json
+    import tempfile
+
+    import pandas as pd
+
+    with tempfile.TemporaryDirectory(prefix="labkit-profile-") as scratch:
+        session = runtime.session(path, threads, profile=str(Path(scratch) / "step"))
+        inputs = {i.name: i for i in session.get_inputs()}
+        feed = {"input_ids": np.array([[42]], np.int64), "attention_mask": np.ones((1, past + 1), np.int64),
+                "position_ids": np.array([[past]], np.int64)}
+        feed = {k: v for k, v in feed.items() if k in inputs}
+        for name, value in inputs.items():
+            if name.startswith("past_key_values."):
+                _, heads, _, head_dim = value.shape
+                feed[name] = np.zeros((1, heads, past, head_dim), np.float32)
+        session.run(None, feed)  # the first run allocates
+        for _ in range(steps):
+            session.run(None, feed)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    kernels = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    table = pd.DataFrame({"op": [e["args"]["op_name"] for e in kernels], "us": [e["dur"] for e in kernels]})
+    table = table.groupby("op")["us"].agg(["sum", "count"]).sort_values("sum", ascending=False)
+    runs = steps + 1
+    return pd.DataFrame({"op": table.index, "ms_per_step": (table["sum"] / runs / 1000).round(3).values,
+                         "share": (table["sum"] / table["sum"].sum()).round(3).values,
+                         "kernels_per_step": (table["count"] // runs).values})

@@ -51,6 +51,13 @@ def int8_products_saturate() -> bool:
     return not INT8_DOT & _cpuinfo()[1]
 
 
+def cpu_summary() -> str:
+    """"AMD EPYC (AVX2, FMA, AVX-512 VNNI), 2 cores": the machine a figure came from."""
+    model, flags = _cpuinfo()
+    isa = [name for flag, name in CPU_FEATURES.items() if flag in flags]
+    return f"{model} ({', '.join(isa) or 'no AVX2'}), {len(os.sched_getaffinity(0))} cores"
+
+
 def int8_kernel_note() -> str:
     """What this CPU means for INT8, in a sentence a student reads in notebook 03 and the chat
     box (Chinese first). Figures: the README's quantization table, VNNI vs AVX2-only EPYC."""

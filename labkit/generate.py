@@ -158,6 +158,65 @@ class Recompute(KVCache):
         return super().start(self.ids)
 
 
+class SharedKVCache:
+    """The fused graph's loop (`fused.py`): past and present are one preallocated buffer
+    per layer, bound as both input and output, and GroupQueryAttention writes each new
+    token's keys and values into it in place, so a step copies nothing of the cache.
+    The graph takes no positions: it counts them from the attention mask. The buffer
+    holds `capacity` positions and doubles when a sequence outgrows it."""
+
+    def __init__(self, session, capacity: int = 2048):
+        from .export_kv import PAST, PRESENT
+
+        inputs = {i.name: i for i in session.get_inputs()}
+        if f"{PAST}0.key" not in inputs or "position_ids" in inputs:
+            raise WrongGraph("this is not a fused KV graph (fused.py): use KVCache for notebook 05's graph, "
+                             "NoCache for notebook 02's")
+        self.session, self.capacity = session, capacity
+        self.past_names = [n for n in inputs if n.startswith(PAST)]
+        self.present_names = [PRESENT + n[len(PAST):] for n in self.past_names]
+        _, self.heads, _, self.head_dim = inputs[f"{PAST}0.key"].shape
+
+    def _allocate(self, capacity: int) -> None:
+        """Zeroed arrays and the OrtValues over the same memory (no copy on CPU); what
+        the cache held so far is kept."""
+        import onnxruntime as ort
+
+        arrays = [np.zeros((1, self.heads, capacity, self.head_dim), np.float32) for _ in self.past_names]
+        for old, new in zip(getattr(self, "arrays", []), arrays):
+            new[:, :, :self.length] = old[:, :, :self.length]
+        self.arrays, self.buffers = arrays, [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays]
+
+    def start(self, prompt_ids: np.ndarray) -> np.ndarray:
+        self.length = 0
+        self._allocate(self.capacity)
+        return self._run(np.asarray(prompt_ids, dtype=np.int64).reshape(1, -1))
+
+    def step(self, token: int) -> np.ndarray:
+        return self._run(np.array([[token]], np.int64))
+
+    def _run(self, ids: np.ndarray) -> np.ndarray:
+        total = self.length + ids.shape[1]
+        if total > self.arrays[0].shape[2]:
+            self._allocate(max(total, 2 * self.arrays[0].shape[2]))
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("input_ids", ids)
+        binding.bind_cpu_input("attention_mask", np.ones((1, total), np.int64))
+        binding.bind_output("logits", "cpu")  # first: get_outputs() follows the order of binding
+        for past, present, buffer in zip(self.past_names, self.present_names, self.buffers):
+            binding.bind_ortvalue_input(past, buffer)
+            binding.bind_ortvalue_output(present, buffer)
+        self.session.run_with_iobinding(binding)
+        self.length = total
+        return binding.get_outputs()[0].numpy()[0, -1]
+
+
+def cached_loop(session):
+    """The cached loop a KV graph needs: SharedKVCache for a fused graph, else KVCache."""
+    names = {i.name for i in session.get_inputs()}
+    return KVCache(session) if "position_ids" in names else SharedKVCache(session)
+
+
 def stop_ids(tokenizer) -> set[int]:
     """End-of-sequence and the chat template's end-of-turn tokens."""
     ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()

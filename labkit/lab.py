@@ -61,10 +61,11 @@ def chat_samples(loaded, messages=CHAT_MESSAGES, max_new_tokens: int = 48) -> di
 
 
 def run_lab(name: str | None = None, out_dir: Path | None = None,
-            lengths: tuple[int, ...] | None = None) -> Path:
+            lengths: tuple[int, ...] | None = None, peers: bool = True) -> Path:
     """Run the lab end to end; return the report's path. Graphs that are still valid
     from an earlier run are reused (the log says which). `lengths`: the benchmark's
-    prompt lengths (default decode_bench.PROMPT_LENGTHS)."""
+    prompt lengths (default decode_bench.PROMPT_LENGTHS); `peers=False` leaves out
+    onnxruntime-genai's loop and llama.cpp, as notebook 05 does."""
     from . import artifacts, decode_bench, quality, report
 
     out_dir = report.folder(out_dir)
@@ -103,7 +104,7 @@ def run_lab(name: str | None = None, out_dir: Path | None = None,
     transcripts = chat_samples(loaded)
 
     print("\n== 05 benchmark ==", flush=True)
-    bench = decode_bench.run(loaded, **({"lengths": tuple(lengths)} if lengths else {}))
+    bench = decode_bench.run(loaded, peers=peers, **({"lengths": tuple(lengths)} if lengths else {}))
     written = report.write_bench(bench, out_dir)
 
     report_md = out_dir / "report.md"

@@ -25,10 +25,13 @@ def session_logits(session) -> Logits:
     except WrongGraph:
         return lambda ids: session.run(["logits"], {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0]
 
+    names = {i.name for i in session.get_inputs()}  # a fused graph takes no position_ids
+
     def run(ids: np.ndarray) -> np.ndarray:
         from .export_kv import token_feed
 
-        return session.run(["logits"], {**token_feed(ids, 0), **dict.fromkeys(kv.past_names, kv.empty)})[0]
+        feed = {k: v for k, v in token_feed(ids, 0).items() if k in names}
+        return session.run(["logits"], {**feed, **dict.fromkeys(kv.past_names, kv.empty)})[0]
 
     return run
 
@@ -76,7 +79,8 @@ def next_token_agreement(logits: Logits, reference: Logits, tokenizer, max_token
 def prefix_agreement(a: list[int], b: list[int]) -> float:
     """Share of tokens generated before the two sequences first differ: after a
     divergence the two models continue different texts, so later matches mean nothing."""
-    same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    same = first_difference(a, b)
+    same = min(len(a), len(b)) if same is None else same
     return same / max(len(a), len(b), 1)
 
 
@@ -89,6 +93,29 @@ def greedy_runs(session, tokenizer, new_tokens: int = GREEDY_TOKENS) -> tuple[li
         runs.append(greedy_ort(session, ids, new_tokens))
         seconds += time.perf_counter() - started
     return runs, seconds
+
+
+def first_difference(a: list[int], b: list[int]) -> int | None:
+    """The first position where two token lists differ; None when they do not."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None if len(a) == len(b) else min(len(a), len(b)))
+
+
+def cached_vs_recomputed(session, tokenizer, prompts: int = 8, new_tokens: int = 64) -> list[int | None]:
+    """For each of the first `prompts` held-out prompts: where the cached loop's greedy
+    tokens (`generate.cached_loop`) first differ from recomputing the whole sequence at
+    every step on the same graph, or None where all `new_tokens` agree."""
+    from .generate import cached_loop, generate
+
+    found = []
+    for item in heldout()["prompts"][:prompts]:
+        ids = chat_ids(tokenizer, item["prompt"])
+        cached = generate(cached_loop(session), ids, max_new_tokens=new_tokens, stop=set()).tokens
+        recomputed = []
+        while len(recomputed) < new_tokens:
+            sequence = np.concatenate([ids, np.array([recomputed], np.int64).reshape(1, -1)], axis=1)
+            recomputed.append(int(cached_loop(session).start(sequence).argmax()))
+        found.append(first_difference(cached, recomputed))
+    return found
 
 
 def agreement(runs: list[list[int]], reference_runs: list[list[int]]) -> float:

@@ -16,19 +16,22 @@ def default_threads() -> int:
     return int(os.environ.get("LABKIT_THREADS") or 0) or len(os.sched_getaffinity(0))
 
 
-def _options(threads: int | None) -> ort.SessionOptions:
+def _options(threads: int | None, profile: str | None = None) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or default_threads()
     options.log_severity_level = 3  # ORT's warnings go to stderr, which zeroes a graded cell
+    if profile:
+        options.enable_profiling, options.profile_file_prefix = True, profile
     return options
 
 
-def session(path: str | Path, threads: int | None = None) -> ort.InferenceSession:
-    """A CPU session; `threads` defaults to the cores this process may use.
+def session(path: str | Path, threads: int | None = None, profile: str | None = None) -> ort.InferenceSession:
+    """A CPU session; `threads` defaults to the cores this process may use. `profile`: a
+    file prefix for ONNX Runtime's profile of every run (`end_profiling()` writes it).
     A missing model or external-data file raises BrokenOnnxFile naming it."""
     load_graph(path)  # clear errors before ORT's terse ones
     try:
-        return ort.InferenceSession(str(path), _options(threads), providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), _options(threads, profile), providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - ORT raises its own hierarchy
         raise BrokenOnnxFile(f"ONNX Runtime cannot load {path}: {exc}") from exc
 

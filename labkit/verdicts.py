@@ -560,14 +560,15 @@ bench = context["bench"]
 """
 BENCH_ROWS = [("pytorch", "fp32", False), ("pytorch", "fp32", True), ("onnxruntime", "fp32", False),
               ("onnxruntime", "int8", False), ("onnxruntime", "fp32", True), ("onnxruntime", "int8", True),
-              ("onnxruntime", "int4", True)]
+              ("onnxruntime", "int4", True), ("onnxruntime-fused", "fp32", True), ("onnxruntime-fused", "int8", True),
+              ("onnxruntime-fused", "int4", True)]
 
 
 def _bench(rng) -> "object":
     """A table shaped like decode_bench's, with numbers drawn here."""
     import pandas as pd
 
-    rows = [BENCH_ROWS[i] for i in sorted(rng.choice(len(BENCH_ROWS), int(rng.integers(4, 8)), replace=False))]
+    rows = [BENCH_ROWS[i] for i in sorted(rng.choice(len(BENCH_ROWS), int(rng.integers(4, 9)), replace=False))]
     ratio = {"fp32": 1.0, "int8": 0.26, "int4": 0.2}
     return pd.DataFrame({
         "engine": [r[0] for r in rows], "precision": [r[1] for r in rows], "cache": [r[2] for r in rows],

@@ -5,7 +5,7 @@ import onnx
 import pytest
 import torch
 
-from labkit import artifacts, attention, charts, checks, decode_bench
+from labkit import artifacts, attention, charts, checks, decode_bench, peers
 from labkit.benchmarks import bench_decode
 
 CONTRACT = {"engine", "precision", "cache", "bytes", "ratio", "ttft_s", "prompt_len", "tok_s", "peak_rss_gb",
@@ -145,8 +145,23 @@ def test_the_llama_cpp_peer_runs_the_bundled_gguf(default_model):
     from labkit.prompts import chat_ids
 
     ids = chat_ids(default_model.tokenizer, "How many days are there in a week?")
-    run = decode_bench._llama_cpp_runner(bundled_gguf(), threads=2)()
+    run = peers.llama_cpp_runner(bundled_gguf(), threads=2)()
     tokens, ttft, total = run(ids, 12)
     assert tokens[:8] == greedy_torch(default_model.model, torch.from_numpy(ids), 8)
     assert len(tokens) == 12 and 0 < ttft < total
     assert run(ids, 12)[0] == tokens
+
+
+@pytest.mark.slow
+def test_the_q8_0_peer_is_quantized_once_from_the_bundled_gguf(default_model):
+    """llama.cpp's own quantizer makes Q8_0 from the Q4_1 file (8.5 bits a weight against
+    Q4_1's 5.7) once; the peer runs it like the bundled file."""
+    from labkit.gguf_convert import bundled_gguf
+    from labkit.prompts import chat_ids
+
+    q8 = peers.q8_0_gguf()
+    made = q8.stat().st_mtime_ns
+    assert 1.3 < q8.stat().st_size / bundled_gguf().stat().st_size < 1.6
+    assert peers.q8_0_gguf() == q8 and q8.stat().st_mtime_ns == made  # kept, not quantized again
+    tokens, ttft, total = peers.llama_cpp_runner(q8, threads=2)()(chat_ids(default_model.tokenizer, "Hi"), 6)
+    assert len(tokens) == 6 and 0 < ttft < total

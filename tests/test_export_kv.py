@@ -82,7 +82,7 @@ def test_the_loops_reject_each_others_graph(kv_session, tiny_onnx):
 
 
 def test_the_folder_runs_in_onnxruntime_genai(tiny_kv, kv_session, tiny):
-    import onnxruntime_genai as og  # in the test extra
+    import onnxruntime_genai as og
 
     config = json.loads((tiny_kv.parent / export_kv.GENAI_CONFIG).read_text())
     assert config["model"]["decoder"]["num_hidden_layers"] == tiny.model.config.num_hidden_layers

@@ -1,0 +1,99 @@
+"""The fused KV graph: each layer a handful of ONNX Runtime kernels instead of dozens of
+small operators (notebook 05's "why is llama.cpp faster?").
+
+The graph students export (`export_kv`) spells every step out: the RMSNorm arithmetic,
+the rotary embedding's Slice/Neg/Concat, the cache's Concat, attention as MatMul and
+Softmax. Profiled on SmolLM2 at a 256-token past (2 threads, AVX-512 VNNI), one decode
+step runs 1,914 kernels, and a third of its time is not in the linear layers. The fused
+graph runs 309: per layer two `SkipSimplifiedLayerNormalization`, one
+`GroupQueryAttention` (rotary embedding, cache append and attention in one kernel) and the
+linear layers with q/k/v and gate/up packed into one product each.
+
+Built by onnxruntime-genai's model builder, the ecosystem's tool for exactly this, from
+the same float weights the lab exports. onnxscript's rewriter (`optimize_for_ort`) was
+measured first on the lab's own graph: it fuses the norms, but no rotary embedding and no
+attention with the lab's grouped attention (with transformers' SDPA: 21 of 30 layers to
+MultiHeadAttention, still no GroupQueryAttention), so it does not give the decode kernel
+that matters. The builder's precisions:
+
+    fused-fp32   float32 weights
+    fused-int8   8-bit MatMulNBits, blocks of 32, accuracy_level 4: int8 activations
+                 quantized per block of 32 at run time, llama.cpp Q8_0's arithmetic
+    fused-int4   4-bit MatMulNBits, blocks of 32, accuracy_level 4: llama.cpp Q4's
+
+`GroupQueryAttention` reads and writes the cache in one preallocated buffer
+(`generate.SharedKVCache`): no copy of the whole cache per token. The folder also runs
+unmodified in onnxruntime-genai.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import onnx
+
+from .errors import LabkitError
+from .onnx_graph import set_metadata
+from .paths import MODEL_FILE
+
+STAMP = ("labkit.fused", "onnxruntime-genai builder")  # written last: a graph without it is unfinished
+PRECISIONS = {"fused-fp32": ("fp32", []), "fused-int8": ("int8", ["accuracy_level=4"]),
+              "fused-int4": ("int4", ["accuracy_level=4"])}
+
+
+class BuilderFailed(LabkitError, RuntimeError):
+    pass
+
+
+def head_dim(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def unsupported(config) -> str | None:
+    """Why this model has no fused graph here, or None."""
+    if head_dim(config) % 16:
+        return (f"ONNX Runtime's GroupQueryAttention needs a head size that is a multiple of 16 "
+                f"(this model's: {head_dim(config)})")
+    return None
+
+
+def _finish(graph_file: Path, head_dim: int) -> None:
+    """The builder leaves the cache's last dimension symbolic ('kv_cache_dim'); the lab's
+    loops read the head size from the graph's inputs, so write it in, and stamp the graph
+    finished (its proto only: the weights in model.onnx.data stay as they are)."""
+    graph = onnx.load(graph_file, load_external_data=False)
+    for value in [*graph.graph.input, *graph.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if value.name.startswith(("past_key_values.", "present.")) and dims[3].dim_param:
+            dims[3].Clear()
+            dims[3].dim_value = head_dim
+    set_metadata(graph, *STAMP)
+    onnx.save(graph, graph_file)
+
+
+def build(loaded, variant: str, out: Path) -> Path:
+    """Build `variant` of `loaded`'s model into `out` with onnxruntime-genai's builder
+    (about 10 s for SmolLM2-135M); returns the graph's path."""
+    precision, options = PRECISIONS[variant]
+    if reason := unsupported(loaded.model.config):
+        raise BuilderFailed(f"no fused graph for {loaded.name}: {reason}")
+    with tempfile.TemporaryDirectory(prefix="labkit-fused-") as scratch:
+        source = Path(scratch) / "model"
+        loaded.model.save_pretrained(source)  # the very weights the lab's own graphs hold
+        loaded.tokenizer.save_pretrained(source)
+        command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-m", loaded.name, "-i", str(source),
+                   "-o", str(out), "-p", precision, "-e", "cpu", "-c", str(Path(scratch) / "cache")]
+        if options:
+            command += ["--extra_options", *options]
+        # offline: with -i the builder needs nothing from the hub, and must not wait for it
+        done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    graph_file = out / MODEL_FILE
+    if done.returncode != 0 or not graph_file.is_file():
+        raise BuilderFailed(f"onnxruntime-genai's model builder could not build {variant} of {loaded.name}:\n"
+                            f"{done.stderr[-1500:]}\nThe lab's own KV graphs (kv-fp32, kv-int8, kv-int4) do not "
+                            "need it; check that onnxruntime-genai is installed (pip install -e .).")
+    _finish(graph_file, head_dim(loaded.model.config))
+    return graph_file

@@ -1,0 +1,77 @@
+"""The fused KV graph (fused.py) on the bundled model: what it is made of, that its cached
+loop is exact in FP32, and its buffer; the tiny Qwen3 gets a clear refusal."""
+import collections
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from labkit import artifacts, decode_bench, fused, generate, peers, quality, runtime
+from labkit.generate import SharedKVCache, WrongGraph, cached_loop, greedy_torch
+from labkit.prompts import chat_ids
+
+pytestmark = pytest.mark.slow
+QUESTION = "What is the capital of France?"
+
+
+@pytest.fixture(scope="module")
+def fused_fp32(default_model):
+    return artifacts.ensure(default_model, "fused-fp32")
+
+
+def test_a_layer_is_a_few_fused_kernels(fused_fp32, default_model):
+    ops = collections.Counter(n.op_type for n in onnx.load(fused_fp32, load_external_data=False).graph.node)
+    layers = default_model.model.config.num_hidden_layers
+    assert ops["GroupQueryAttention"] == layers and ops["SkipSimplifiedLayerNormalization"] == 2 * layers
+    assert ops["Concat"] == ops["Softmax"] == 0  # no cache copy, no attention spelled out
+    kinds = decode_bench.op_profile(fused_fp32, past=16, steps=2, threads=2)
+    lab = decode_bench.op_profile(artifacts.ensure(default_model, "kv-fp32"), past=16, steps=2, threads=2)
+    assert "GroupQueryAttention" in set(kinds["op"]) and "Concat" in set(lab["op"])
+    assert kinds["kernels_per_step"].sum() * 5 < lab["kernels_per_step"].sum()
+    assert kinds["share"].sum() == pytest.approx(1, abs=0.01)
+
+
+def test_its_cached_loop_is_exact_in_fp32(fused_fp32, default_model):
+    session = runtime.session(fused_fp32, 2)
+    assert quality.cached_vs_recomputed(session, default_model.tokenizer, prompts=3, new_tokens=24) == [None] * 3
+    ids = chat_ids(default_model.tokenizer, QUESTION)
+    tokens = generate.generate(cached_loop(session), ids, max_new_tokens=12, stop=set()).tokens
+    assert tokens == greedy_torch(default_model.model, torch.from_numpy(ids), 12)  # 16 of 16 measured
+    in_genai = peers.genai_runner(fused_fp32.parent)()(ids, 7)[0]  # the folder runs in onnxruntime-genai
+    assert [int(t) for t in in_genai] == tokens[:7]
+
+
+def test_the_shared_buffer_grows_and_keeps_what_it_held(fused_fp32, default_model):
+    session = runtime.session(fused_fp32, 2)
+    ids = chat_ids(default_model.tokenizer, QUESTION)
+    small = SharedKVCache(session, capacity=8)  # the prompt alone outgrows it, and so do the steps
+    grown = generate.generate(small, ids, max_new_tokens=20, stop=set()).tokens
+    assert small.arrays[0].shape[2] >= ids.shape[1] + 19
+    assert grown == generate.generate(SharedKVCache(session), ids, max_new_tokens=20, stop=set()).tokens
+
+
+def test_each_cached_loop_refuses_the_others_graph(fused_fp32, default_model):
+    fused_session = runtime.session(fused_fp32, 2)
+    kv_session = runtime.session(artifacts.ensure(default_model, "kv-fp32"), 2)
+    assert isinstance(cached_loop(fused_session), SharedKVCache)
+    assert isinstance(cached_loop(kv_session), generate.KVCache)
+    with pytest.raises(WrongGraph, match="not a fused KV graph"):
+        SharedKVCache(kv_session)
+
+
+def test_a_model_gqa_cannot_run_gets_a_clear_refusal(tiny, tmp_path):
+    assert "multiple of 16" in fused.unsupported(tiny.model.config)
+    with pytest.raises(fused.BuilderFailed, match="multiple of 16"):
+        fused.build(tiny, "fused-fp32", tmp_path)
+    assert fused.unsupported(type(tiny.model.config)(**{**tiny.model.config.to_dict(), "head_dim": 64})) is None
+
+
+def test_a_half_written_fused_graph_is_rebuilt(default_model, fused_fp32):
+    graph = onnx.load(fused_fp32, load_external_data=False)
+    del graph.metadata_props[:]  # the stamp is written last: without it, the build did not finish
+    onnx.save(graph, fused_fp32)
+    assert not artifacts.is_valid(default_model, "fused-fp32")
+    assert artifacts.ensure(default_model, "fused-fp32") == fused_fp32 and artifacts.is_valid(default_model, "fused-fp32")
+    assert np.isfinite(generate.SharedKVCache(runtime.session(fused_fp32, 2)).start(
+        chat_ids(default_model.tokenizer, QUESTION))).all()
