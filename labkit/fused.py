@@ -18,7 +18,8 @@ that matters. The builder's precisions:
 
     fused-fp32   float32 weights
     fused-int8   8-bit MatMulNBits, blocks of 32, accuracy_level 4: int8 activations
-                 quantized per block of 32 at run time, llama.cpp Q8_0's arithmetic
+                 quantized per block of 32 at run time, llama.cpp Q8_0's arithmetic; the
+                 embedding lookup reads lm_head's 8-bit weight (`_share_int8_embedding`)
     fused-int4   4-bit MatMulNBits, blocks of 32, accuracy_level 4: llama.cpp Q4's
 
 `GroupQueryAttention` reads and writes the cache in one preallocated buffer
@@ -33,8 +34,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import onnx
 
+from . import onnx_weights
 from .errors import LabkitError
 from .onnx_graph import set_metadata
 from .paths import MODEL_FILE
@@ -58,6 +61,40 @@ def unsupported(config) -> str | None:
         return (f"ONNX Runtime's GroupQueryAttention needs a head size that is a multiple of 16 "
                 f"(this model's: {head_dim(config)})")
     return None
+
+
+def _share_int8_embedding(graph_file: Path) -> None:
+    """The builder shares a tied embedding with lm_head only in 4 bits (its comment:
+    GatherBlockQuantized takes 4 bits), so its INT8 graph keeps the float embedding:
+    113 MB of SmolLM2's 267. ONNX Runtime's GatherBlockQuantized takes 8-bit uint8 data
+    too, with the same default zero point (128) as MatMulNBits, so the lookup is rewritten
+    here as the builder writes it in 4 bits: Reshape lm_head's blocks to [vocab, hidden],
+    GatherBlockQuantized with lm_head's scales. Graph surgery by hand: no tool does it."""
+    graph = onnx.load(graph_file, load_external_data=False)
+    nodes = list(graph.graph.node)
+    floats = {t.name for t in graph.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    gather = next((n for n in nodes if n.op_type == "Gather" and n.input[0] in floats), None)
+    head = next((n for n in nodes if n.op_type == "MatMulNBits" and n.output[0] == "logits"), None)
+    if gather is None or head is None or len(head.input) > 3:  # untied, or lm_head with zero points
+        return
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in head.attribute}
+    shape = "/model/embed_tokens/int8_shape"
+    make = onnx.helper.make_node
+    position = nodes.index(gather)
+    graph.graph.node.remove(gather)
+    for offset, node in enumerate([
+            make("Reshape", [head.input[1], shape], [shape + "_weight"], name="/model/embed_tokens/Reshape"),
+            make("GatherBlockQuantized", [shape + "_weight", gather.input[1], head.input[2]], list(gather.output),
+                 name="/model/embed_tokens/GatherBlockQuantized", domain="com.microsoft", bits=8,
+                 block_size=attrs["block_size"], gather_axis=0, quantize_axis=1)]):
+        graph.graph.node.insert(position + offset, node)
+    partial = graph_file.parent / ".shared"
+    partial.mkdir(exist_ok=True)
+    onnx_weights.save(graph, graph_file.parent, partial / MODEL_FILE,
+                      added={shape: np.array([attrs["N"], attrs["K"]], np.int64)})
+    for name in (MODEL_FILE, MODEL_FILE + ".data"):
+        (partial / name).replace(graph_file.parent / name)
+    partial.rmdir()
 
 
 def _finish(graph_file: Path, head_dim: int) -> None:
@@ -95,5 +132,7 @@ def build(loaded, variant: str, out: Path) -> Path:
         raise BuilderFailed(f"onnxruntime-genai's model builder could not build {variant} of {loaded.name}:\n"
                             f"{done.stderr[-1500:]}\nThe lab's own KV graphs (kv-fp32, kv-int8, kv-int4) do not "
                             "need it; check that onnxruntime-genai is installed (pip install -e .).")
+    if precision == "int8":
+        _share_int8_embedding(graph_file)
     _finish(graph_file, head_dim(loaded.model.config))
     return graph_file

@@ -178,14 +178,18 @@ class SharedKVCache:
         _, self.heads, _, self.head_dim = inputs[f"{PAST}0.key"].shape
 
     def _allocate(self, capacity: int) -> None:
-        """Zeroed arrays and the OrtValues over the same memory (no copy on CPU); what
-        the cache held so far is kept."""
+        """Zeroed arrays and the OrtValues over the same memory (no copy on CPU), bound once
+        as past and present; what the cache held so far is kept."""
         import onnxruntime as ort
 
         arrays = [np.zeros((1, self.heads, capacity, self.head_dim), np.float32) for _ in self.past_names]
         for old, new in zip(getattr(self, "arrays", []), arrays):
             new[:, :, :self.length] = old[:, :, :self.length]
-        self.arrays, self.buffers = arrays, [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays]
+        self.arrays, self.binding = arrays, self.session.io_binding()
+        for past, present, array in zip(self.past_names, self.present_names, arrays):
+            buffer = ort.OrtValue.ortvalue_from_numpy(array)
+            self.binding.bind_ortvalue_input(past, buffer)
+            self.binding.bind_ortvalue_output(present, buffer)
 
     def start(self, prompt_ids: np.ndarray) -> np.ndarray:
         self.length = 0
@@ -199,16 +203,12 @@ class SharedKVCache:
         total = self.length + ids.shape[1]
         if total > self.arrays[0].shape[2]:
             self._allocate(max(total, 2 * self.arrays[0].shape[2]))
-        binding = self.session.io_binding()
-        binding.bind_cpu_input("input_ids", ids)
-        binding.bind_cpu_input("attention_mask", np.ones((1, total), np.int64))
-        binding.bind_output("logits", "cpu")  # first: get_outputs() follows the order of binding
-        for past, present, buffer in zip(self.past_names, self.present_names, self.buffers):
-            binding.bind_ortvalue_input(past, buffer)
-            binding.bind_ortvalue_output(present, buffer)
-        self.session.run_with_iobinding(binding)
+        self.binding.bind_cpu_input("input_ids", ids)  # per step: the new tokens, the mask, the logits
+        self.binding.bind_cpu_input("attention_mask", np.ones((1, total), np.int64))
+        self.binding.bind_output("logits", "cpu")
+        self.session.run_with_iobinding(self.binding)
         self.length = total
-        return binding.get_outputs()[0].numpy()[0, -1]
+        return self.binding.get_outputs()[-1].numpy()[0, -1]  # logits: bound last, rebound in place
 
 
 def cached_loop(session):
