@@ -20,10 +20,11 @@ from typing import Callable
 import numpy as np
 import psutil
 
-from . import artifacts, env, fused, generate, peers, quality, runtime
+from . import artifacts, env, fused, generate, quality, runtime
 from .gguf_convert import bundled_gguf
 from .onnx_graph import file_bytes
 from .paths import cached_table, shared_path
+from .peers import genai_runner, llama_cpp_installed, llama_cpp_runner, q8_0_gguf
 from .prompts import chat_ids, heldout, prompt_of
 
 PROMPT_LENGTHS = (32, 256, 1024)
@@ -147,15 +148,15 @@ def engines(loaded, threads: int, log=print, peers: bool = True) -> list[Engine]
     for variant in ("fused-int8", "fused-int4"):  # the same fused graphs in onnxruntime-genai's own loop
         if variant in graphs:
             rows.append(Engine("onnxruntime-genai", variant.split("-")[1], True, file_bytes(graphs[variant]),
-                               peers.genai_runner(graphs[variant].parent)))
-    if not peers.llama_cpp_installed():
+                               genai_runner(graphs[variant].parent)))
+    if not llama_cpp_installed():
         log("peer llama.cpp: llama-cpp-python is not installed (pip install -e '.[peers]' compiles it: "
             "about 8 minutes on 2 cores); skipped")
     elif loaded.name != "smollm2-135m":
         log(f"peer llama.cpp: only run on the bundled GGUF, not {loaded.name}; skipped")
     else:  # Q4_1: the very file the lab's float32 model was converted from; Q8_0 quantized from it
-        for precision, gguf in (("q8_0", peers.q8_0_gguf()), ("q4_1", bundled_gguf())):
-            rows.append(Engine("llama.cpp", precision, True, gguf.stat().st_size, peers.llama_cpp_runner(gguf, threads)))
+        for precision, gguf in (("q8_0", q8_0_gguf()), ("q4_1", bundled_gguf())):
+            rows.append(Engine("llama.cpp", precision, True, gguf.stat().st_size, llama_cpp_runner(gguf, threads)))
     return rows
 
 

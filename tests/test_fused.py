@@ -91,3 +91,21 @@ def test_the_int8_graph_looks_up_the_embedding_in_lm_heads_8_bit_weight(default_
     fp32 = quality.heldout_perplexities(quality.torch_logits(default_model.model), default_model.tokenizer)
     got = quality.heldout_perplexities(quality.session_logits(runtime.session(int8, 2)), default_model.tokenizer)
     assert all(abs(got[lang] / fp32[lang] - 1) < 0.02 for lang in fp32), (got, fp32)  # 0.2% / 0.7% measured
+
+
+def test_the_benchmark_compares_the_fused_graphs_with_their_peers(default_model):
+    """`bench`'s engines on the bundled model: the fused rows, then onnxruntime-genai's own loop
+    on the same fused folders and llama.cpp on Q8_0 and Q4_1; each peer runs."""
+    logged = []
+    rows = decode_bench.engines(default_model, 2, log=logged.append, peers=True)
+    configs = [(r.engine, r.precision) for r in rows]
+    assert configs[-7:] == [("onnxruntime-fused", "fp32"), ("onnxruntime-fused", "int8"), ("onnxruntime-fused", "int4"),
+                            ("onnxruntime-genai", "int8"), ("onnxruntime-genai", "int4"),
+                            ("llama.cpp", "q8_0"), ("llama.cpp", "q4_1")], logged
+    ids = chat_ids(default_model.tokenizer, QUESTION)
+    fused_int8 = next(r for r in rows if r.engine == "onnxruntime-fused" and r.precision == "int8")
+    in_genai = next(r for r in rows if r.engine == "onnxruntime-genai" and r.precision == "int8")
+    assert [int(t) for t in in_genai.open()(ids, 6)[0]] == fused_int8.open()(ids, 6)[0]
+    for row in rows[-2:]:
+        tokens, ttft, total = row.open()(ids, 4)
+        assert len(tokens) == 4 and 0 < ttft < total
