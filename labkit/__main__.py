@@ -79,17 +79,19 @@ def _benchmark(function: str):
 def _chat(args) -> int:
     from dataclasses import replace
 
-    from . import artifacts, chat, models, paths
-    from .generate import CHAT, GREEDY, KVCache, NoCache
+    from . import artifacts, chat, fused, models, paths
+    from .generate import CHAT, GREEDY, NoCache, cached_loop
 
     name = models.resolve_name(args.model)
     named = args.graph in artifacts.SOURCES
     graph = paths.onnx_dir(name, args.graph) / paths.MODEL_FILE if named else Path(args.graph)
-    cached = args.graph.startswith("kv-") if named else args.cache
+    if args.graph in fused.PRECISIONS:  # no notebook writes these: built here (about 10 s) unless valid
+        graph = artifacts.ensure(models.load(name), args.graph)
+    cached = args.graph.startswith(("kv-", "fused-")) if named else args.cache
     conversation = chat.Chat(graph, models.load_tokenizer(name), label=f"{name} ({args.graph})",
                              max_new_tokens=args.max_tokens,
                              sampling=replace(GREEDY if args.no_guard else CHAT, temperature=args.temperature, seed=None),
-                             enable_thinking=args.think, loop=KVCache if cached else NoCache)
+                             enable_thinking=args.think, loop=cached_loop if cached else NoCache)
     chat.run_terminal(conversation)
     return 0
 
@@ -181,9 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(run=_export_kv)
     p = sub.add_parser("chat", help="chat with an exported graph in the terminal")
     p.add_argument("--model", help="registry name (default: the session's model)")
-    p.add_argument("--graph", default="kv-int8", help="fp32, int8, kv-fp32, kv-int8 (the notebooks write them) "
-                   "or a path to a .onnx")
-    p.add_argument("--cache", action="store_true", help="the path given is a KV-cache graph")
+    p.add_argument("--graph", default="kv-int8", help="fp32, int8, kv-fp32, kv-int8 (the notebooks write them), "
+                   "fused-fp32, fused-int8, fused-int4 (built here if missing) or a path to a .onnx")
+    p.add_argument("--cache", action="store_true", help="the path given is a KV-cache graph (fused or not)")
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
     p.add_argument("--max-tokens", type=int, default=256)
     p.add_argument("--think", action="store_true", help="Qwen3: let the model reason first (never shown)")

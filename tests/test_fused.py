@@ -109,3 +109,13 @@ def test_the_benchmark_compares_the_fused_graphs_with_their_peers(default_model)
     for row in rows[-2:]:
         tokens, ttft, total = row.open()(ids, 4)
         assert len(tokens) == 4 and 0 < ttft < total
+
+
+def test_the_terminal_chat_talks_through_a_fused_graph(default_model, monkeypatch, capsys):
+    from labkit import chat
+    from labkit.__main__ import main
+
+    lines, terminal = iter([QUESTION, "/quit"]), chat.run_terminal
+    monkeypatch.setattr(chat, "run_terminal", lambda conversation: terminal(conversation, read=lambda _: next(lines)))
+    assert main(["chat", "--graph", "fused-fp32", "--max-tokens", "12"]) == 0
+    assert "Paris" in capsys.readouterr().out  # FP32's answer, as PyTorch gives it
