@@ -119,3 +119,23 @@ def test_the_terminal_chat_talks_through_a_fused_graph(default_model, monkeypatc
     monkeypatch.setattr(chat, "run_terminal", lambda conversation: terminal(conversation, read=lambda _: next(lines)))
     assert main(["chat", "--graph", "fused-fp32", "--max-tokens", "12"]) == 0
     assert "Paris" in capsys.readouterr().out  # FP32's answer, as PyTorch gives it
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_the_int8_lookup_shares_lm_head_only_where_the_model_ties_them(tied, tmp_path):
+    """A tiny Qwen3 GroupQueryAttention can run (head size 16): tied, the lookup reads
+    lm_head's 8-bit weight; untied, it keeps the model's own embedding. Either way the
+    graph's logits follow PyTorch's."""
+    from labkit import models
+
+    shape = dict(models.QWEN3_TINY_SHAPE, head_dim=16, tie_word_embeddings=tied)
+    loaded = models._random_qwen3(f"qwen3-tiny-{'tied' if tied else 'untied'}", shape)
+    assert loaded.model.config.tie_word_embeddings is tied
+    graph_file = fused.build(loaded, "fused-int8", tmp_path)
+    lookup = [n.op_type for n in onnx.load(graph_file, load_external_data=False).graph.node
+              if n.name.startswith("/model/embed_tokens/Gather")]
+    assert lookup == (["GatherBlockQuantized"] if tied else ["Gather"])
+    ids = chat_ids(loaded.tokenizer, QUESTION)
+    got = quality.session_logits(runtime.session(graph_file, 2))(ids)[0]
+    want = loaded.model(torch.from_numpy(ids)).logits[0].detach().numpy()
+    assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.99
