@@ -80,6 +80,8 @@ def _share_int8_embedding(graph_file: Path) -> None:
     if gather is None or head is None or len(head.input) > 3:  # lm_head with zero points: not the builder's
         return
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in head.attribute}
+    if attrs["K"] % attrs["block_size"]:  # the last block is padded: the rows are not [vocab, hidden]
+        return
     shape = "/model/embed_tokens/int8_shape"
     make = onnx.helper.make_node
     position = nodes.index(gather)

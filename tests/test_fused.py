@@ -139,3 +139,18 @@ def test_the_int8_lookup_shares_lm_head_only_where_the_model_ties_them(tied, tmp
     got = quality.session_logits(runtime.session(graph_file, 2))(ids)[0]
     want = loaded.model(torch.from_numpy(ids)).logits[0].detach().numpy()
     assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.99
+
+
+def test_a_padded_last_block_keeps_the_float_lookup(tmp_path, monkeypatch):
+    """Blocks of 128 over a hidden size of 32: lm_head's rows are padded, so they are not the
+    embedding's rows and the lookup must stay the model's own."""
+    from labkit import models
+
+    loaded = models._random_qwen3("qwen3-tiny-tied", dict(models.QWEN3_TINY_SHAPE, head_dim=16))
+    monkeypatch.setitem(fused.PRECISIONS, "fused-int8", ("int8", ["accuracy_level=4", "block_size=128"]))
+    graph_file = fused.build(loaded, "fused-int8", tmp_path)
+    lookup = [n.op_type for n in onnx.load(graph_file, load_external_data=False).graph.node
+              if n.name.startswith("/model/embed_tokens/Gather")]
+    assert lookup == ["Gather"]
+    ids = chat_ids(loaded.tokenizer, QUESTION)
+    assert np.isfinite(quality.session_logits(runtime.session(graph_file, 2))(ids)).all()
