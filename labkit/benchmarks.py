@@ -128,10 +128,9 @@ def bench_profile(name: str | None = None, json_path: str | Path | None = None, 
     tokens first part from recomputing the whole sequence (8 held-out prompts x 64 tokens)."""
     from . import artifacts, decode_bench, env, quality
 
-    loaded = models.load(name)
-    print(f"{env.cpu_summary()}; one decode step after {past} cached tokens, {runtime.default_threads()} threads",
-          flush=True)
-    result = {"model": loaded.name, "past": past, "isa": env.cpu_summary(), "graphs": {}}
+    loaded, cpu = models.load(name), env.cpu_summary()
+    print(f"{cpu}; one decode step after {past} cached tokens, {runtime.default_threads()} threads", flush=True)
+    result = {"model": loaded.name, "past": past, "isa": cpu, "graphs": {}}
     for variant in ("kv-fp32", "kv-int8", "fused-fp32", "fused-int8", "fused-int4"):
         path = artifacts.ensure(loaded, variant)
         table = decode_bench.op_profile(path, past=past)

@@ -25,6 +25,7 @@ from .gguf_convert import bundled_gguf
 from .onnx_graph import file_bytes
 from .paths import cached_table, shared_path
 from .peers import genai_runner, llama_cpp_installed, llama_cpp_runner, q8_0_gguf
+from .export_kv import token_feed
 from .prompts import chat_ids, heldout, prompt_of
 
 PROMPT_LENGTHS = (32, 256, 1024)
@@ -141,13 +142,14 @@ def engines(loaded, threads: int, log=print, peers: bool = True) -> list[Engine]
         _ort("onnxruntime", "int8", False, graphs["int8"], threads),
         _ort("onnxruntime", "int8", True, graphs["kv-int8"], threads),
         _ort("onnxruntime", "int4", True, graphs["kv-int4"], threads),
-        *(_ort("onnxruntime-fused", v.split("-")[1], True, graphs[v], threads) for v in fused.PRECISIONS if v in graphs),
+        *(_ort("onnxruntime-fused", precision, True, graphs[v], threads)
+          for v, (precision, _) in fused.PRECISIONS.items() if v in graphs),
     ]
     if not peers:
         return rows
     for variant in ("fused-int8", "fused-int4"):  # the same fused graphs in onnxruntime-genai's own loop
         if variant in graphs:
-            rows.append(Engine("onnxruntime-genai", variant.split("-")[1], True, file_bytes(graphs[variant]),
+            rows.append(Engine("onnxruntime-genai", fused.PRECISIONS[variant][0], True, file_bytes(graphs[variant]),
                                genai_runner(graphs[variant].parent)))
     if not llama_cpp_installed():
         log("peer llama.cpp: llama-cpp-python is not installed (pip install -e '.[peers]' compiles it: "
@@ -249,9 +251,7 @@ def op_profile(path: Path, past: int = 256, steps: int = 16, threads: int | None
     with tempfile.TemporaryDirectory(prefix="labkit-profile-") as scratch:
         session = runtime.session(path, threads, profile=str(Path(scratch) / "step"))
         inputs = {i.name: i for i in session.get_inputs()}
-        feed = {"input_ids": np.array([[42]], np.int64), "attention_mask": np.ones((1, past + 1), np.int64),
-                "position_ids": np.array([[past]], np.int64)}
-        feed = {k: v for k, v in feed.items() if k in inputs}
+        feed = {k: v for k, v in token_feed(np.array([[42]], np.int64), past).items() if k in inputs}
         for name, value in inputs.items():
             if name.startswith("past_key_values."):
                 _, heads, _, head_dim = value.shape

@@ -106,14 +106,14 @@ def cached_vs_recomputed(session, tokenizer, prompts: int = 8, new_tokens: int =
     every step on the same graph, or None where all `new_tokens` agree."""
     from .generate import cached_loop, generate
 
-    found = []
+    found, loop = [], cached_loop(session)
     for item in heldout()["prompts"][:prompts]:
         ids = chat_ids(tokenizer, item["prompt"])
-        cached = generate(cached_loop(session), ids, max_new_tokens=new_tokens, stop=set()).tokens
+        cached = generate(loop, ids, max_new_tokens=new_tokens, stop=set()).tokens
         recomputed = []
-        while len(recomputed) < new_tokens:
+        while len(recomputed) < new_tokens:  # start() begins from an empty cache every time
             sequence = np.concatenate([ids, np.array([recomputed], np.int64).reshape(1, -1)], axis=1)
-            recomputed.append(int(cached_loop(session).start(sequence).argmax()))
+            recomputed.append(int(loop.start(sequence).argmax()))
         found.append(first_difference(cached, recomputed))
     return found
 
