@@ -22,6 +22,12 @@ that matters. The builder's precisions:
                  embedding lookup reads lm_head's 8-bit weight (`_share_int8_embedding`)
     fused-int4   4-bit MatMulNBits, blocks of 32, accuracy_level 4: llama.cpp Q4's
 
+Every precision is built with `prune_lm_head`: lm_head runs on the last position only.
+Over a 1024-token prompt it is a fifth of the multiply-adds, and only the last position
+picks the next token: the fused INT8 prefill went from 1.48-1.58 s to 1.24-1.35 s
+(SmolLM2, 2 threads, AVX-512 VNNI). Perplexity then reads the logits one position at a
+time through the cache (`quality.session_logits`).
+
 `GroupQueryAttention` reads and writes the cache in one preallocated buffer
 (`generate.SharedKVCache`): no copy of the whole cache per token. The folder also runs
 unmodified in onnxruntime-genai.
@@ -42,9 +48,11 @@ from .errors import LabkitError
 from .onnx_graph import set_metadata
 from .paths import MODEL_FILE
 
-STAMP = ("labkit.fused", "onnxruntime-genai builder")  # written last: a graph without it is unfinished
+# written last: a graph without it is unfinished (or built before prune_lm_head: rebuilt)
+STAMP = ("labkit.fused", "onnxruntime-genai builder, prune_lm_head")
 PRECISIONS = {"fused-fp32": ("fp32", []), "fused-int8": ("int8", ["accuracy_level=4"]),
               "fused-int4": ("int4", ["accuracy_level=4"])}
+OPTIONS = ["prune_lm_head=true"]  # every precision's
 
 
 class BuilderFailed(LabkitError, RuntimeError):
@@ -127,8 +135,7 @@ def build(loaded, variant: str, out: Path) -> Path:
         loaded.tokenizer.save_pretrained(source)
         command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-m", loaded.name, "-i", str(source),
                    "-o", str(out), "-p", precision, "-e", "cpu", "-c", str(Path(scratch) / "cache")]
-        if options:
-            command += ["--extra_options", *options]
+        command += ["--extra_options", *OPTIONS, *options]
         # offline: with -i the builder needs nothing from the hub, and must not wait for it
         done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     graph_file = out / MODEL_FILE

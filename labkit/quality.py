@@ -17,13 +17,22 @@ Logits = Callable[[np.ndarray], np.ndarray]  # int64 [1, T] -> float32 [1, T, vo
 
 
 def session_logits(session) -> Logits:
-    """All positions' logits from a graph with or without a KV cache (then: an empty past)."""
-    from .generate import KVCache, WrongGraph
+    """All positions' logits from a graph with or without a KV cache (then: an empty past).
+    A fused graph gives the last position's only (`fused.OPTIONS`), so its logits come
+    one position at a time through its cache, teacher-forced."""
+    from .generate import KVCache, SharedKVCache, WrongGraph
 
     try:
         kv = KVCache(session, io_binding=False)
     except WrongGraph:
         return lambda ids: session.run(["logits"], {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0]
+    if next(o for o in session.get_outputs() if o.name == "logits").shape[1] == 1:
+        def stepped(ids: np.ndarray) -> np.ndarray:
+            loop = SharedKVCache(session)
+            rows = [loop.start(ids[:, :1])] + [loop.step(int(token)) for token in ids[0, 1:]]
+            return np.stack(rows)[None]
+
+        return stepped
 
     names = {i.name for i in session.get_inputs()}  # a fused graph takes no position_ids
 

@@ -25,6 +25,8 @@ def test_a_layer_is_a_few_fused_kernels(fused_fp32, default_model):
     layers = default_model.model.config.num_hidden_layers
     assert ops["GroupQueryAttention"] == layers and ops["SkipSimplifiedLayerNormalization"] == 2 * layers
     assert ops["Concat"] == ops["Softmax"] == 0  # no cache copy, no attention spelled out
+    logits = next(o for o in runtime.session(fused_fp32, 2).get_outputs() if o.name == "logits")
+    assert logits.shape[1] == 1  # lm_head on the last position only (prune_lm_head)
     kinds = decode_bench.op_profile(fused_fp32, past=16, steps=2, threads=2)
     lab = decode_bench.op_profile(artifacts.ensure(default_model, "kv-fp32"), past=16, steps=2, threads=2)
     assert "GroupQueryAttention" in set(kinds["op"]) and "Concat" in set(lab["op"])
