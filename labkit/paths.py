@@ -36,6 +36,12 @@ def artifacts_dir() -> Path:
     return root
 
 
+def reference_dir() -> Path:
+    """Where the referee's trusted builds of the students' variants live
+    (`referee.trusted_artifacts`); a graded kernel reads it, read-only."""
+    return shared_dir() / "reference"
+
+
 def shared_dir() -> Path:
     """`$LABKIT_SHARED_ARTIFACTS`, else `artifacts_dir()`."""
     explicit = os.environ.get(SHARED_ENV)

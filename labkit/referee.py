@@ -97,7 +97,7 @@ def trusted_artifacts():
     write, so nothing in it can be a reference. The sandbox sees `reference/` read-only."""
     before = {name: os.environ.get(name) for name in (paths.ARTIFACTS_ENV, paths.SHARED_ENV)}
     shared = paths.shared_dir()
-    os.environ.update({paths.SHARED_ENV: str(shared), paths.ARTIFACTS_ENV: str(shared / "reference")})
+    os.environ.update({paths.SHARED_ENV: str(shared), paths.ARTIFACTS_ENV: str(paths.reference_dir())})
     try:
         yield
     finally:
