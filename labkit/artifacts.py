@@ -26,7 +26,7 @@ SOURCES = {"fp32": None, "int8": "fp32", "kv-fp32": None, "kv-int8": "kv-fp32", 
            **dict.fromkeys(fused.PRECISIONS)}
 # A KV graph exported with transformers' attention runs, but its INT8 decode steps
 # are not bit-identical to whole-sequence passes (attention.py): rebuild it.
-STAMPS = {"kv-fp32": (attention.METADATA_KEY, attention.NAME), **dict.fromkeys(fused.PRECISIONS, fused.STAMP)}
+STAMPS = {"kv-fp32": (attention.METADATA_KEY, attention.NAME), **{v: fused.stamp(v) for v in fused.PRECISIONS}}
 
 
 def path(loaded, variant: str) -> Path:

@@ -17,9 +17,14 @@ MultiHeadAttention, still no GroupQueryAttention), so it does not give the decod
 that matters. The builder's precisions:
 
     fused-fp32   float32 weights
-    fused-int8   8-bit MatMulNBits, blocks of 32, accuracy_level 4: int8 activations
-                 quantized per block of 32 at run time, llama.cpp Q8_0's arithmetic; the
-                 embedding lookup reads lm_head's 8-bit weight (`_share_int8_embedding`)
+    fused-int8   8-bit MatMulNBits, blocks of 64, accuracy_level 4: int8 activations
+                 quantized per block at run time, llama.cpp Q8_0's arithmetic over blocks
+                 twice as long; the embedding lookup reads lm_head's 8-bit weight
+                 (`_share_int8_embedding`). Against blocks of 32 (Q8_0's), measured on
+                 SmolLM2 (2 threads, AVX-512 VNNI, 3 alternating runs): time to first token
+                 at 1024 1.26-1.38 s instead of 1.37-1.48 s (the static INT8 graph's:
+                 1.30-1.36 s), decode 2-8% faster, 145.8 MB instead of 154.0, held-out
+                 perplexity 24.28 / 12.79 instead of 24.69 / 12.93 (FP32: 24.49 / 12.76)
     fused-int4   4-bit MatMulNBits, blocks of 32, accuracy_level 4: llama.cpp Q4's
 
 Every precision is built with `prune_lm_head`: lm_head runs on the last position only.
@@ -48,11 +53,16 @@ from .errors import LabkitError
 from .onnx_graph import set_metadata
 from .paths import MODEL_FILE
 
-# written last: a graph without it is unfinished (or built before prune_lm_head: rebuilt)
-STAMP = ("labkit.fused", "onnxruntime-genai builder, prune_lm_head")
-PRECISIONS = {"fused-fp32": ("fp32", []), "fused-int8": ("int8", ["accuracy_level=4"]),
+PRECISIONS = {"fused-fp32": ("fp32", []), "fused-int8": ("int8", ["accuracy_level=4", "block_size=64"]),
               "fused-int4": ("int4", ["accuracy_level=4"])}
 OPTIONS = ["prune_lm_head=true"]  # every precision's
+
+
+def stamp(variant: str) -> tuple[str, str]:
+    """The metadata written last: a graph without it did not finish, and one built with
+    other options than today's is rebuilt."""
+    precision, options = PRECISIONS[variant]
+    return "labkit.fused", " ".join(["onnxruntime-genai builder", precision, *OPTIONS, *options])
 
 
 class BuilderFailed(LabkitError, RuntimeError):
@@ -109,7 +119,7 @@ def _share_int8_embedding(graph_file: Path) -> None:
     partial.rmdir()
 
 
-def _finish(graph_file: Path, head_dim: int) -> None:
+def _finish(graph_file: Path, head_dim: int, variant: str) -> None:
     """The builder leaves the cache's last dimension symbolic ('kv_cache_dim'); the lab's
     loops read the head size from the graph's inputs, so write it in, and stamp the graph
     finished (its proto only: the weights in model.onnx.data stay as they are)."""
@@ -119,7 +129,7 @@ def _finish(graph_file: Path, head_dim: int) -> None:
         if value.name.startswith(("past_key_values.", "present.")) and dims[3].dim_param:
             dims[3].Clear()
             dims[3].dim_value = head_dim
-    set_metadata(graph, *STAMP)
+    set_metadata(graph, *stamp(variant))
     onnx.save(graph, graph_file)
 
 
@@ -145,5 +155,5 @@ def build(loaded, variant: str, out: Path) -> Path:
                             "need it; check that onnxruntime-genai is installed (pip install -e .).")
     if precision == "int8" and loaded.model.config.tie_word_embeddings:  # one matrix: share it
         _share_int8_embedding(graph_file)
-    _finish(graph_file, head_dim(loaded.model.config))
+    _finish(graph_file, head_dim(loaded.model.config), variant)
     return graph_file

@@ -81,7 +81,7 @@ def test_a_half_written_fused_graph_is_rebuilt(default_model, fused_fp32):
 
 def test_the_int8_graph_looks_up_the_embedding_in_lm_heads_8_bit_weight(default_model):
     """The builder keeps a float embedding beside an 8-bit lm_head (113 MB of 267); fused.py
-    makes the lookup read lm_head's blocks. Near-lossless: Q8_0's arithmetic."""
+    makes the lookup read lm_head's blocks. Near-lossless: Q8_0's arithmetic, blocks of 64."""
     int8 = artifacts.ensure(default_model, "fused-int8")
     graph = onnx.load(int8, load_external_data=False)
     lookup = next(n for n in graph.graph.node if n.op_type == "GatherBlockQuantized")
@@ -92,7 +92,7 @@ def test_the_int8_graph_looks_up_the_embedding_in_lm_heads_8_bit_weight(default_
     assert onnx_graph.file_bytes(int8) < 0.3 * onnx_graph.file_bytes(artifacts.ensure(default_model, "fp32"))
     fp32 = quality.heldout_perplexities(quality.torch_logits(default_model.model), default_model.tokenizer)
     got = quality.heldout_perplexities(quality.session_logits(runtime.session(int8, 2)), default_model.tokenizer)
-    assert all(abs(got[lang] / fp32[lang] - 1) < 0.02 for lang in fp32), (got, fp32)  # 0.2% / 0.7% measured
+    assert all(abs(got[lang] / fp32[lang] - 1) < 0.02 for lang in fp32), (got, fp32)  # -0.9% / +0.2% measured
 
 
 def test_the_benchmark_compares_the_fused_graphs_with_their_peers(default_model):
