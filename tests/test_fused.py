@@ -124,12 +124,14 @@ def test_the_terminal_chat_talks_through_a_fused_graph(default_model, monkeypatc
 
 
 @pytest.mark.parametrize("tied", [True, False])
-def test_the_int8_lookup_shares_lm_head_only_where_the_model_ties_them(tied, tmp_path):
+def test_the_int8_lookup_shares_lm_head_only_where_the_model_ties_them(tied, tmp_path, monkeypatch):
     """A tiny Qwen3 GroupQueryAttention can run (head size 16): tied, the lookup reads
     lm_head's 8-bit weight; untied, it keeps the model's own embedding. Either way the
-    graph's logits follow PyTorch's."""
+    graph's logits follow PyTorch's. Blocks of 32, the tiny model's hidden size: its rows
+    are then whole blocks (with the default 64 they are padded, as the next test shows)."""
     from labkit import models
 
+    monkeypatch.setitem(fused.PRECISIONS, "fused-int8", ("int8", ["accuracy_level=4", "block_size=32"]))
     shape = dict(models.QWEN3_TINY_SHAPE, head_dim=16, tie_word_embeddings=tied)
     loaded = models._random_qwen3(f"qwen3-tiny-{'tied' if tied else 'untied'}", shape)
     assert loaded.model.config.tie_word_embeddings is tied
@@ -143,13 +145,13 @@ def test_the_int8_lookup_shares_lm_head_only_where_the_model_ties_them(tied, tmp
     assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.99
 
 
-def test_a_padded_last_block_keeps_the_float_lookup(tmp_path, monkeypatch):
-    """Blocks of 128 over a hidden size of 32: lm_head's rows are padded, so they are not the
-    embedding's rows and the lookup must stay the model's own."""
+def test_a_padded_last_block_keeps_the_float_lookup(tmp_path):
+    """The default blocks of 64 over a hidden size of 32: lm_head's rows are padded, so they
+    are not the embedding's rows and the lookup must stay the model's own."""
     from labkit import models
 
     loaded = models._random_qwen3("qwen3-tiny-tied", dict(models.QWEN3_TINY_SHAPE, head_dim=16))
-    monkeypatch.setitem(fused.PRECISIONS, "fused-int8", ("int8", ["accuracy_level=4", "block_size=128"]))
+    assert loaded.model.config.hidden_size % 64
     graph_file = fused.build(loaded, "fused-int8", tmp_path)
     lookup = [n.op_type for n in onnx.load(graph_file, load_external_data=False).graph.node
               if n.name.startswith("/model/embed_tokens/Gather")]
