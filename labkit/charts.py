@@ -61,7 +61,8 @@ def deployment_summary(table: pd.DataFrame, prompt_len: int | None = None):
     colors = ["tab:gray" if e == "pytorch" else "tab:blue" if e == "onnxruntime" and p == "fp32"
               else "tab:green" if e == "onnxruntime" else "tab:orange" if e == "onnxruntime-fused"
               else "tab:purple" for e, p in zip(rows["engine"], rows["precision"])]
-    fig, axes = plt.subplots(1, 2, figsize=(14, 4.6))
+    # one panel above the other: 14 engines side by side left their labels overlapping
+    fig, axes = plt.subplots(2, 1, figsize=(max(10.0, 0.75 * len(rows)), 8))
     (1 / rows["ratio"]).plot.bar(ax=axes[0], color=colors, title="compression vs FP32 (x, higher is smaller)")
     _label_bars(axes[0], "%.1fx")
     rows["tok_s"].plot.bar(ax=axes[1], color=colors,
