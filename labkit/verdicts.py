@@ -94,7 +94,7 @@ def _prepare_models() -> None:
     load_tokenizer()
 
 
-def _prepare_graphs(*variants: str) -> None:
+def _prepare_graphs(*variants: str):
     """The referee's builds of students' graphs a notebook's setup reads (in
     `paths.reference_dir()`): a submission that did not build them copies these
     (`artifacts.ensure`) instead of exporting and quantizing again in its kernel, 33 s for
@@ -104,6 +104,7 @@ def _prepare_graphs(*variants: str) -> None:
     loaded = models.load()
     for variant in variants:
         artifacts.ensure(loaded, variant, log=lambda _: None)
+    return loaded
 
 
 def _weight_bytes(child: Child, ctx: Ctx) -> None:
@@ -686,10 +687,10 @@ def _summary(child: Child, ctx: Ctx) -> None:
 
 def _prepare_05() -> None:
     """The KV graphs and the benchmark table notebook 05 reuses (the same for every student)."""
-    from . import decode_bench, models
+    from . import decode_bench
 
-    _prepare_graphs("fp32", "kv-fp32", "kv-int8")
-    decode_bench.run(models.load(), lengths=(256,), peers=False, reuse=True, log=lambda _: None)
+    loaded = _prepare_graphs("fp32", "kv-fp32", "kv-int8")  # the model, loaded once
+    decode_bench.run(loaded, lengths=(256,), peers=False, reuse=True, log=lambda _: None)
 
 
 KV = Notebook(
