@@ -8,7 +8,8 @@
               by onnxruntime-genai's model builder from the same weights
 
 A graph is reused when it loads, is newer than the graph it was made from and, for
-an export, carries the stamp of the current export code; otherwise it is rebuilt,
+an export, carries the stamp of the current export code (for static INT8: a recipe
+with today's choices); otherwise it is rebuilt,
 and the log says which. A students' variant that the student did not build is copied
 from the referee's build of it where there is one (grading), instead of rebuilt.
 """
@@ -26,6 +27,7 @@ SOURCES = {"fp32": None, "int8": "fp32", "kv-fp32": None, "kv-int8": "kv-fp32", 
            **dict.fromkeys(fused.PRECISIONS)}
 # A KV graph exported with transformers' attention runs, but its INT8 decode steps
 # are not bit-identical to whole-sequence passes (attention.py): rebuild it.
+STATIC_INT8 = ("int8", "kv-int8")
 STAMPS = {"kv-fp32": (attention.METADATA_KEY, attention.NAME), **{v: fused.stamp(v) for v in fused.PRECISIONS}}
 
 
@@ -42,6 +44,11 @@ def is_valid(loaded, variant: str) -> bool:
         return False
     if variant in STAMPS and metadata(graph).get(STAMPS[variant][0]) != STAMPS[variant][1]:
         return False
+    if variant in STATIC_INT8:
+        from .quantize import has_todays_fields
+
+        if not has_todays_fields(graph):
+            return False
     source = SOURCES[variant]
     return source is None or (is_valid(loaded, source)
                               and target.stat().st_mtime >= path(loaded, source).stat().st_mtime)

@@ -77,6 +77,49 @@ def test_lm_head_may_be_weight_only_and_still_shared(tmp_path, tiny, tiny_onnx, 
     assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 0.05
 
 
+def test_lm_head_quantizes_its_input_with_a_scale_of_each_call(tmp_path, tiny, tiny_onnx, int8):
+    """The lab's recipe: lm_head's input goes through DynamicQuantizeLinear (the calibrated
+    scale and zero point are gone from the graph), and on inputs the calibration never saw
+    the logits stay at least as close to float as with the calibrated scale."""
+    graph = onnx_graph.load_graph(int8).graph
+    producer = onnx_graph.producers(graph)
+    lm_head = next(n for n in graph.node if n.output[0] == "logits")
+    dequantize = producer[lm_head.input[0]]
+    assert dequantize.op_type == "DequantizeLinear"
+    assert producer[dequantize.input[0]].op_type == "DynamicQuantizeLinear"
+    assert not {"QuantizeLinear"} & {n.op_type for n in graph.node if dequantize.input[0] in n.output}
+    used = {name for n in graph.node for name in n.input}
+    assert all(t.name in used for t in graph.initializer)
+
+    reader = calibration.PromptReader(tiny.tokenizer, PROMPTS)
+    calibrated = quantize.quantize_int8_static(tiny_onnx, tmp_path / "calibrated", reader,
+                                               quantize.Recipe(weight_only=("model.layers.1.mlp.down_proj",),
+                                                               dynamic_head=False))
+    unseen = calibration.PromptReader(tiny.tokenizer, prompts.calibration_prompts()[-6:]).feeds
+
+    def error(path):
+        session, exact = runtime.session(path), runtime.session(tiny_onnx)
+        return np.mean([np.abs(session.run(["logits"], f)[0] - exact.run(["logits"], f)[0]).mean() for f in unseen])
+
+    assert error(int8) <= error(calibrated)
+
+
+def test_a_graph_of_an_older_recipe_is_rebuilt(tiny, monkeypatch, tmp_path):
+    """A static INT8 graph whose recipe lacks one of today's choices is not reused."""
+    from labkit import artifacts, paths
+
+    monkeypatch.setenv(paths.ARTIFACTS_ENV, str(tmp_path))
+    int8 = artifacts.ensure(tiny, "int8")
+    assert artifacts.is_valid(tiny, "int8")
+    graph = onnx.load(int8, load_external_data=False)
+    entry = next(p for p in graph.metadata_props if p.key == "labkit.recipe")
+    entry.value = json.dumps({k: v for k, v in json.loads(entry.value).items() if k != "dynamic_head"})
+    onnx.save(graph, int8)
+    assert not artifacts.is_valid(tiny, "int8")
+    artifacts.ensure(tiny, "int8")
+    assert artifacts.is_valid(tiny, "int8")
+
+
 def test_weight_only_layer_keeps_float_activations(int8):
     graph = onnx_graph.load_graph(int8).graph
     producer = {o: n for n in graph.node for o in n.output}
