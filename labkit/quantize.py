@@ -349,8 +349,9 @@ def _dynamic_head(graph: onnx.ModelProto) -> None:
     instead of 0.18; with u8 weights on the AVX2 kernels (QEMU's Haswell model), next token
     86.8% / 84.2% instead of 83.7% / 84.0%, KL from FP32 0.050 / 0.057 instead of 0.056 /
     0.059, agreement 0.25 instead of 0.10, and "The capital of France is Paris." instead of
-    "L'Étoile, …". Its cost: one pass over a [tokens, hidden] activation, a forward of 128
-    tokens 137 ms instead of 130 (VNNI, 2 threads)."""
+    "L'Étoile, …". Its cost is one pass over a [tokens, hidden] activation: none measurable
+    in three alternating runs (VNNI, 2 threads), no-cache 8.08 tokens/s against 7.80, KV
+    decode after 256 tokens 37.9 against 37.6."""
     producer = producers(graph.graph)
     head = next((n for n in graph.graph.node if n.op_type == "MatMul" and n.output[0] == "logits"), None)
     dequantize = producer.get(head.input[0]) if head is not None else None
