@@ -357,7 +357,8 @@ def _dynamic_head(graph: onnx.ModelProto) -> None:
     position) then rounds otherwise than a whole-sequence pass, and the cached INT8 loop
     no longer gives the no-cache loop's tokens (test_export_kv's bit-identity fails). A
     scale per row would keep that; ONNX Runtime fuses no such operator into its int8
-    MatMul kernels."""
+    MatMul kernels, but lm_head on the last position only comes to the same (measured in
+    the README, not built here yet)."""
     producer = producers(graph.graph)
     head = next((n for n in graph.graph.node if n.op_type == "MatMul" and n.output[0] == "logits"), None)
     dequantize = producer.get(head.input[0]) if head is not None else None
