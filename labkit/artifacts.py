@@ -25,10 +25,24 @@ from .paths import MODEL_FILE, STUDENT_VARIANTS, building, onnx_dir, reference_d
 
 SOURCES = {"fp32": None, "int8": "fp32", "kv-fp32": None, "kv-int8": "kv-fp32", "kv-int4": "kv-fp32",
            **dict.fromkeys(fused.PRECISIONS)}
-# A KV graph exported with transformers' attention runs, but its INT8 decode steps
-# are not bit-identical to whole-sequence passes (attention.py): rebuild it.
-STATIC_INT8 = ("int8", "kv-int8")
-STAMPS = {"kv-fp32": (attention.METADATA_KEY, attention.NAME), **{v: fused.stamp(v) for v in fused.PRECISIONS}}
+
+
+def _stamped(key: str, value: str) -> Callable:
+    return lambda graph: metadata(graph).get(key) == value
+
+
+def _todays_recipe(graph) -> bool:
+    from .quantize import has_todays_fields
+
+    return has_todays_fields(graph)
+
+
+# What a loaded graph must carry to be reused. A KV graph exported with transformers'
+# attention runs, but its INT8 decode steps are not bit-identical to whole-sequence
+# passes (attention.py): rebuild it.
+CURRENT = {"kv-fp32": _stamped(attention.METADATA_KEY, attention.NAME),
+           **{v: _stamped(*fused.stamp(v)) for v in fused.PRECISIONS},
+           **dict.fromkeys(("int8", "kv-int8"), _todays_recipe)}
 
 
 def path(loaded, variant: str) -> Path:
@@ -42,13 +56,8 @@ def is_valid(loaded, variant: str) -> bool:
         graph = load_graph(target)
     except BrokenOnnxFile:
         return False
-    if variant in STAMPS and metadata(graph).get(STAMPS[variant][0]) != STAMPS[variant][1]:
+    if variant in CURRENT and not CURRENT[variant](graph):
         return False
-    if variant in STATIC_INT8:
-        from .quantize import has_todays_fields
-
-        if not has_todays_fields(graph):
-            return False
     source = SOURCES[variant]
     return source is None or (is_valid(loaded, source)
                               and target.stat().st_mtime >= path(loaded, source).stat().st_mtime)

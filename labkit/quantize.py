@@ -52,6 +52,7 @@ from .paths import MODEL_FILE, check_writable, staged_dir
 QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
                  "QLinearMatMul", "MatMulIntegerToFloat", "MatMulNBits", "GatherBlockQuantized"}
 _TYPES = {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}
+RECIPE_KEY = "labkit.recipe"  # the metadata entry holding the recipe a graph was built with
 
 
 class QuantizeError(LabkitError, RuntimeError):
@@ -90,7 +91,7 @@ def has_todays_fields(graph: onnx.ModelProto) -> bool:
     """The graph's recipe (its metadata) names every choice today's Recipe has: a graph built
     before a choice was added is rebuilt, not reused."""
     try:
-        fields = json.loads(metadata(graph).get("labkit.recipe", "{}"))
+        fields = json.loads(metadata(graph).get(RECIPE_KEY, "{}"))
     except json.JSONDecodeError:
         return False
     return set(fields) == {f.name for f in dataclasses.fields(Recipe)}
@@ -388,7 +389,7 @@ def _finish(plan: _Plan, work: Path) -> None:
         _share_int8_embedding(final, added)
     if plan.recipe.dynamic_head:
         _dynamic_head(final)
-    set_metadata(final, "labkit.recipe", plan.recipe.describe())
+    set_metadata(final, RECIPE_KEY, plan.recipe.describe())
     onnx_weights.save(final, work / "qdq", work / MODEL_FILE, added=added)
     shutil.rmtree(work / "qdq")
     (work / "ranges.json").unlink()
