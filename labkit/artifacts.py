@@ -9,9 +9,9 @@
 
 A graph is reused when it loads, is newer than the graph it was made from and, for
 an export, carries the stamp of the current export code (for static INT8: a recipe
-with today's choices); otherwise it is rebuilt,
-and the log says which. A students' variant that the student did not build is copied
-from the referee's build of it where there is one (grading), instead of rebuilt.
+with today's choices); otherwise it is rebuilt, and the log says which. A students'
+variant that the student did not build is copied from the referee's build of it where
+there is one (grading), instead of rebuilt.
 """
 from __future__ import annotations
 
@@ -31,18 +31,21 @@ def _stamped(key: str, value: str) -> Callable:
     return lambda graph: metadata(graph).get(key) == value
 
 
-def _todays_recipe(graph) -> bool:
-    from .quantize import has_todays_fields
+def _todays_recipe(**values) -> Callable:
+    def current(graph) -> bool:
+        from .quantize import has_todays_fields, recipe_of
 
-    return has_todays_fields(graph)
+        return has_todays_fields(graph) and all(recipe_of(graph)[k] == v for k, v in values.items())
+    return current
 
 
 # What a loaded graph must carry to be reused. A KV graph exported with transformers'
 # attention runs, but its INT8 decode steps are not bit-identical to whole-sequence
-# passes (attention.py): rebuild it.
+# passes (attention.py): rebuild it. A static INT8 graph carries a recipe with today's
+# choices, the KV graph's with lm_head's scale per call (quantize.lab_recipe).
 CURRENT = {"kv-fp32": _stamped(attention.METADATA_KEY, attention.NAME),
            **{v: _stamped(*fused.stamp(v)) for v in fused.PRECISIONS},
-           **dict.fromkeys(("int8", "kv-int8"), _todays_recipe)}
+           "int8": _todays_recipe(), "kv-int8": _todays_recipe(dynamic_head=True)}
 
 
 def path(loaded, variant: str) -> Path:
@@ -79,7 +82,8 @@ def _build(loaded, variant: str) -> Path:
     else:
         prompts = calibration.PromptReader(loaded.tokenizer)
         reader = prompts if variant == "int8" else calibration.KVCacheReader(loaded.model, loaded.tokenizer)
-        built = quantize.quantize_int8_static(source, out, reader, quantize.lab_recipe(loaded.model, prompts))
+        recipe = quantize.lab_recipe(loaded.model, prompts, cached=variant == "kv-int8")
+        built = quantize.quantize_int8_static(source, out, reader, recipe)
     if variant.startswith("kv-"):  # the folder runs in onnxruntime-genai like its source
         loaded.tokenizer.save_pretrained(out)
         export_kv.write_genai_config(loaded.model.config, loaded.tokenizer, out)

@@ -18,9 +18,10 @@ Logits = Callable[[np.ndarray], np.ndarray]  # int64 [1, T] -> float32 [1, T, vo
 
 def session_logits(session) -> Logits:
     """All positions' logits from a graph with or without a KV cache (then: an empty past).
-    A fused graph gives the last position's only (`fused.OPTIONS`), so its logits come
-    one position at a time through its cache, teacher-forced."""
-    from .generate import KVCache, SharedKVCache, WrongGraph
+    A graph that gives the last position's only (a fused graph, `fused.OPTIONS`; the lab's
+    INT8 KV graph, `quantize._dynamic_head`) has them one position at a time through its
+    cache, teacher-forced."""
+    from .generate import KVCache, WrongGraph, cached_loop
 
     try:
         kv = KVCache(session, io_binding=False)
@@ -28,7 +29,7 @@ def session_logits(session) -> Logits:
         return lambda ids: session.run(["logits"], {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0]
     if next(o for o in session.get_outputs() if o.name == "logits").shape[1] == 1:
         def stepped(ids: np.ndarray) -> np.ndarray:
-            loop = SharedKVCache(session)
+            loop = cached_loop(session)
             rows = [loop.start(ids[:, :1])] + [loop.step(int(token)) for token in ids[0, 1:]]
             return np.stack(rows)[None]
 

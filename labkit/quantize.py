@@ -9,7 +9,8 @@ so a 1.7B model needs about one copy of itself in RAM:
 3. ONNX Runtime's `quantize_static`, fed the ranges through its calibration cache;
 4. finish: the embedding lookup reads lm_head's int8 weight, so the tied matrix
    is stored once, in int8; the outlier layers get int8 weights, float activations;
-   with `Recipe.dynamic_head`, lm_head's input takes its scale per call.
+   with `Recipe.dynamic_head`, lm_head's input takes its scale per call (in a KV
+   graph, lm_head then computes the last position only).
 """
 from __future__ import annotations
 
@@ -80,21 +81,26 @@ class Recipe:
     weight_only: tuple[str, ...] = ()     # linears (e.g. "model.layers.11.mlp.down_proj") whose
                                           # activations stay float: int8 weights only
     share_embedding: bool = True          # embedding and lm_head read one int8 matrix
-    dynamic_head: bool = False            # lm_head's input scale computed per call (`_dynamic_head`):
-                                          # closer to FP32, but the cached loop is then not exact
+    dynamic_head: bool = False            # lm_head's input scale computed per call (`_dynamic_head`),
+                                          # a KV graph's lm_head on the last position only: closer to FP32
 
     def describe(self) -> str:
         return json.dumps(dataclasses.asdict(self))
 
 
-def has_todays_fields(graph: onnx.ModelProto) -> bool:
-    """The graph's recipe (its metadata) names every choice today's Recipe has: a graph built
-    before a choice was added is rebuilt, not reused."""
+def recipe_of(graph: onnx.ModelProto) -> dict:
+    """The recipe a static INT8 graph was built with (its metadata); {} if none is readable."""
     try:
         fields = json.loads(metadata(graph).get(RECIPE_KEY, "{}"))
     except json.JSONDecodeError:
-        return False
-    return set(fields) == {f.name for f in dataclasses.fields(Recipe)}
+        return {}
+    return fields if isinstance(fields, dict) else {}
+
+
+def has_todays_fields(graph: onnx.ModelProto) -> bool:
+    """The graph's recipe names every choice today's Recipe has: a graph built before a
+    choice was added is rebuilt, not reused."""
+    return set(recipe_of(graph)) == {f.name for f in dataclasses.fields(Recipe)}
 
 
 # ONNX Runtime's defaults: int8 activations, one scale per tensor, every MatMul.
@@ -344,22 +350,17 @@ def _dynamic_head(graph: onnx.ModelProto) -> None:
     """lm_head's input quantized with a scale of its own at every call (DynamicQuantizeLinear,
     u8), not the calibrated one: ONNX Runtime fuses it to DynamicQuantizeMatMul. The final
     norm's output spans a range that changes from token to token, and lm_head's rounding
-    picks the next token directly. Measured on SmolLM2's KV graph, held-out set, against the
-    calibrated scale: with s8 weights on AVX-512 VNNI, next token 86.3% / 84.8% instead of
-    82.1% / 83.4%, perplexity 26.71 / 13.40 instead of 26.86 / 13.48, greedy agreement 0.24
-    instead of 0.18; with u8 weights on the AVX2 kernels (QEMU's Haswell model), next token
-    86.8% / 84.2% instead of 83.7% / 84.0%, KL from FP32 0.050 / 0.057 instead of 0.056 /
-    0.059, agreement 0.25 instead of 0.10, and "The capital of France is Paris." instead of
-    "L'Étoile, …". Its cost is one pass over a [tokens, hidden] activation: none measurable
-    in three alternating runs (VNNI, 2 threads), no-cache 8.08 tokens/s against 7.80, KV
-    decode after 256 tokens 37.9 against 37.6.
-    Not the lab's recipe: DynamicQuantizeLinear has one scale for the whole tensor, so a
-    position's logits depend on the other positions in the call. A decode step (one
-    position) then rounds otherwise than a whole-sequence pass, and the cached INT8 loop
-    no longer gives the no-cache loop's tokens (test_export_kv's bit-identity fails). A
-    scale per row would keep that; ONNX Runtime fuses no such operator into its int8
-    MatMul kernels, but lm_head on the last position only comes to the same (measured in
-    the README, not built here yet)."""
+    picks the next token directly. Measured on SmolLM2's KV graph (last position only, below),
+    held-out set, against the calibrated scale: with s8 weights on AVX-512 VNNI, next token
+    87.9% / 85.7% instead of 82.1% / 83.4%, greedy agreement 0.23 instead of 0.18; with u8
+    weights on the AVX2 kernels (QEMU's Haswell model), KL from FP32 0.042 / 0.048 instead of
+    0.056 / 0.059 (README). No cost in speed measured.
+    DynamicQuantizeLinear has one scale for the whole tensor, so a position's logits would
+    depend on the other positions of the call, and a decode step (one position) would round
+    otherwise than a whole-sequence pass: the cached INT8 loop would part from the no-cache
+    one. In a KV graph lm_head therefore runs on the last position only (`_last_position`),
+    whose scale is then its own in either pass (batch 1, as in every loop of the lab); a
+    no-cache graph keeps every position."""
     producer = producers(graph.graph)
     head = next((n for n in graph.graph.node if n.op_type == "MatMul" and n.output[0] == "logits"), None)
     dequantize = producer.get(head.input[0]) if head is not None else None
@@ -368,16 +369,35 @@ def _dynamic_head(graph: onnx.ModelProto) -> None:
     quantize = producer.get(dequantize.input[0])
     if quantize is None or quantize.op_type != "QuantizeLinear":
         return
-    x = quantize.input[0]
-    per_call = [f"{x}_per_call", f"{x}_per_call_scale", f"{x}_per_call_zero_point"]
-    position = list(graph.graph.node).index(quantize)
+    from .export_kv import PAST
+
+    x, position = quantize.input[0], list(graph.graph.node).index(quantize)
     graph.graph.node.remove(quantize)
-    graph.graph.node.insert(position, onnx.helper.make_node("DynamicQuantizeLinear", [x], per_call,
-                                                            name=f"{x}_DynamicQuantizeLinear"))
+    added = []
+    if any(i.name.startswith(PAST) for i in graph.graph.input):
+        added.append(_last_position(graph, x))
+        x = added[-1].output[0]
+    per_call = [f"{x}_per_call", f"{x}_per_call_scale", f"{x}_per_call_zero_point"]
+    added.append(onnx.helper.make_node("DynamicQuantizeLinear", [x], per_call, name=f"{x}_DynamicQuantizeLinear"))
+    for offset, node in enumerate(added):
+        graph.graph.node.insert(position + offset, node)
     dequantize.input[:] = per_call
     used = {name for node in graph.graph.node for name in node.input}
     for unused in [t for t in graph.graph.initializer if t.name in quantize.input[1:] and t.name not in used]:
         graph.graph.initializer.remove(unused)  # the calibrated scale and zero point
+
+
+def _last_position(graph: onnx.ModelProto, x: str) -> onnx.NodeProto:
+    """A Slice of `x` [batch, sequence, hidden] to its last position, the logits output
+    declared [batch, 1, vocab] (as onnxruntime-genai's `prune_lm_head` does). Over a
+    256-token prefill it also spares lm_head 255 of its 256 rows."""
+    bounds = {f"{x}_last_{k}": np.array([v], np.int64)
+              for k, v in (("start", -1), ("end", np.iinfo(np.int64).max), ("axis", 1))}
+    graph.graph.initializer.extend(onnx.numpy_helper.from_array(v, k) for k, v in bounds.items())
+    logits = next(o for o in graph.graph.output if o.name == "logits")
+    logits.type.tensor_type.shape.dim[1].Clear()
+    logits.type.tensor_type.shape.dim[1].dim_value = 1
+    return onnx.helper.make_node("Slice", [x, *bounds], [f"{x}_last"], name=f"{x}_last_position")
 
 
 def _finish(plan: _Plan, work: Path) -> None:
@@ -519,11 +539,13 @@ def qdq_types(path: str | Path) -> dict[str, set]:
     return found
 
 
-def lab_recipe(model, reader, share: float = 0.9, scan_feeds: int | None = None) -> Recipe:
+def lab_recipe(model, reader, share: float = 0.9, scan_feeds: int | None = None, cached: bool = False) -> Recipe:
     """The lab's recipe for `model`. Float activations (int8 weights) for:
     - the down_proj layers that the sensitivity scan finds carrying `share` of the damage;
     - every o_proj: its input, the attention output, has no norm to fold a SmoothQuant
       scale into, and quantizing it cost SmolLM2 about 6% of English perplexity.
+    For the KV graph (`cached`), lm_head's input scale per call on the last position
+    (`_dynamic_head`): the chat's graph, the closest to FP32 that keeps the cache exact.
     `scan_feeds` limits the scan to that many calibration feeds and 2 evaluation
     feeds: a 1.7B model in PyTorch takes seconds per feed."""
     import re
@@ -534,5 +556,4 @@ def lab_recipe(model, reader, share: float = 0.9, scan_feeds: int | None = None)
     down = most_sensitive(scan(model, feeds, eval_feeds=2 if scan_feeds else 6), share)
     o_proj = tuple(name for name, module in model.named_modules()
                    if re.search(r"self_attn\.o_proj$", name))
-    return Recipe(weight_only=down + o_proj)
-
+    return Recipe(weight_only=down + o_proj, dynamic_head=cached)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from labkit import calibration, checks, export_kv, generate, prompts, quantize, runtime
+from labkit import calibration, checks, export_kv, generate, onnx_graph, prompts, quality, quantize, runtime
 from labkit.generate import KVCache, NoCache, Recompute
 
 PROMPTS = ("What is the capital of France?", "请用一句话介绍一下你自己。", "Count to five.")
@@ -39,27 +39,49 @@ def test_cached_greedy_equals_no_cache_and_pytorch(kv_session, tiny_onnx, tiny):
             generate.greedy_torch(tiny.model, torch.from_numpy(ids), 32)
 
 
-@pytest.fixture(scope="module")
-def kv_int8(tmp_path_factory, tiny, tiny_kv):
+@pytest.fixture(scope="module", params=[False, True], ids=["int8", "int8, lm_head per call"])
+def kv_int8(request, tmp_path_factory, tiny, tiny_kv):
     reader = calibration.KVCacheReader(tiny.model, tiny.tokenizer, prompts.calibration_prompts()[:4], decode_steps=3)
-    recipe = quantize.Recipe(weight_only=("model.layers.1.mlp.down_proj",))  # one MatMulNBits layer too
+    recipe = quantize.Recipe(weight_only=("model.layers.1.mlp.down_proj",),  # one MatMulNBits layer too
+                             dynamic_head=request.param)
     return quantize.quantize_int8_static(tiny_kv, tmp_path_factory.mktemp("q") / "kv-int8", reader, recipe)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "int8"])
-def test_decode_steps_are_bit_identical_to_whole_sequence_passes(precision, tiny_kv, kv_int8, tiny):
+def _bit_identical_loops(session, tokenizer) -> None:
     """Exact equality, not closeness: with transformers' own attention the first decode
     step already differs in the last bits (M = 1 takes another ONNX Runtime kernel), and
     INT8 rounding turns such bits into different tokens (see labkit/attention.py)."""
-    session = runtime.session(tiny_kv if precision == "fp32" else kv_int8)
     for prompt in PROMPTS:
-        ids = prompts.chat_ids(tiny.tokenizer, prompt)
+        ids = prompts.chat_ids(tokenizer, prompt)
         cached, recompute = KVCache(session), Recompute(session)
         logits, reference = cached.start(ids), recompute.start(ids)
         for _ in range(24):
             np.testing.assert_array_equal(logits, reference)
             token = int(np.argmax(logits))
             logits, reference = cached.step(token), recompute.step(token)
+
+
+def test_decode_steps_are_bit_identical_to_whole_sequence_passes(tiny_kv, tiny):
+    _bit_identical_loops(runtime.session(tiny_kv), tiny.tokenizer)
+
+
+def test_int8_decode_steps_are_bit_identical_to_whole_sequence_passes(kv_int8, tiny):
+    """lm_head's per-call scale included: it sees the last position only (quantize._dynamic_head)."""
+    _bit_identical_loops(runtime.session(kv_int8), tiny.tokenizer)
+
+
+def test_lm_head_per_call_gives_the_last_position_read_one_at_a_time(kv_int8, tiny):
+    """The per-call graph's logits are [batch, 1, vocab]; quality.session_logits still gives
+    every position's, each the logits of a pass ending there."""
+    session = runtime.session(kv_int8)
+    vocab = tiny.model.config.vocab_size
+    per_call = quantize.recipe_of(onnx_graph.load_graph(kv_int8))["dynamic_head"]
+    assert session.get_outputs()[0].shape[1:] == ([1, vocab] if per_call else ["sequence", vocab])
+    ids = prompts.chat_ids(tiny.tokenizer, PROMPTS[1])
+    logits = quality.session_logits(session)(ids)
+    assert logits.shape == (1, ids.shape[1], vocab)
+    for end in (1, ids.shape[1] // 2, ids.shape[1]):
+        np.testing.assert_array_equal(logits[0, end - 1], Recompute(session).start(ids[:, :end]))
 
 
 def test_prefill_and_decode_logits_match_pytorch(kv_session, tiny):

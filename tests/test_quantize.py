@@ -106,20 +106,25 @@ def test_lm_head_may_quantize_its_input_with_a_scale_of_each_call(tmp_path, tiny
     assert error(per_call) <= error(int8)
 
 
-def test_a_graph_of_an_older_recipe_is_rebuilt(tiny, monkeypatch, tmp_path):
-    """A static INT8 graph whose recipe lacks one of today's choices is not reused."""
+@pytest.mark.parametrize("variant, edit", [
+    ("int8", lambda recipe: {k: v for k, v in recipe.items() if k != "dynamic_head"}),
+    ("kv-int8", lambda recipe: {**recipe, "dynamic_head": False})], ids=["a field missing", "kv, calibrated lm_head"])
+def test_a_graph_of_an_older_recipe_is_rebuilt(variant, edit, tiny, monkeypatch, tmp_path):
+    """A static INT8 graph whose recipe lacks one of today's choices is not reused, nor a
+    KV graph built without lm_head's per-call scale (quantize.lab_recipe)."""
     from labkit import artifacts, paths
 
     monkeypatch.setenv(paths.ARTIFACTS_ENV, str(tmp_path))
-    int8 = artifacts.ensure(tiny, "int8")
-    assert artifacts.is_valid(tiny, "int8")
-    graph = onnx.load(int8, load_external_data=False)
-    entry = next(p for p in graph.metadata_props if p.key == "labkit.recipe")
-    entry.value = json.dumps({k: v for k, v in json.loads(entry.value).items() if k != "dynamic_head"})
-    onnx.save(graph, int8)
-    assert not artifacts.is_valid(tiny, "int8")
-    artifacts.ensure(tiny, "int8")
-    assert artifacts.is_valid(tiny, "int8")
+    built = artifacts.ensure(tiny, variant)
+    assert artifacts.is_valid(tiny, variant)
+    assert quantize.recipe_of(onnx.load(built, load_external_data=False))["dynamic_head"] == (variant == "kv-int8")
+    graph = onnx.load(built, load_external_data=False)
+    entry = next(p for p in graph.metadata_props if p.key == quantize.RECIPE_KEY)
+    entry.value = json.dumps(edit(json.loads(entry.value)))
+    onnx.save(graph, built)
+    assert not artifacts.is_valid(tiny, variant)
+    artifacts.ensure(tiny, variant)
+    assert artifacts.is_valid(tiny, variant)
 
 
 def test_weight_only_layer_keeps_float_activations(int8):
