@@ -340,7 +340,7 @@ TEXTS: dict[str, tuple[str, str]] = {
     "chat.save": ("保存对话", "Save transcript"),
     "chat.temperature": ("温度", "temperature"),
     "chat.max_tokens": ("最多 token 数", "max tokens"),
-    "chat.guard": ("重复保护（不重复 4-gram，惩罚 1.1）", "repetition guard (no repeated 4-grams, penalty 1.1)"),
+    "chat.guard": ("重复保护（不重复 4-gram）", "repetition guard (no repeated 4-grams)"),
     "chat.greedy": ("温度为 0 时是贪心解码", "greedy when temperature is 0"),
     "chat.busy": ("还在回答；请先按“停止”", "still answering; press Stop first"),
     "chat.answering": ("回答中……", "answering…"),

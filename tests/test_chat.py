@@ -147,7 +147,7 @@ def test_the_transcript_saves_as_markdown(chat, tmp_path, tiny_onnx):
     text = path.read_text(encoding="utf-8")
     assert text.startswith("# 与 tiny 对话 Chat with tiny\n")
     assert f"计算图：{tiny_onnx}" in text and f"graph: {tiny_onnx}" in text  # which graph answered
-    assert "模型：tiny" in text and "model: tiny" in text and "repetition_penalty=1.1" in text
+    assert "模型：tiny" in text and "model: tiny" in text and "no_repeat_ngram=4" in text
     assert "**你 You**: Hello" in text and f"**tiny**: {reply.text}" in text
 
 

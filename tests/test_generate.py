@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -140,10 +142,29 @@ def test_the_no_cache_loop_rejects_the_kv_graph():
 
 def test_the_graded_loops_stay_plain_greedy_and_the_chat_has_the_guard():
     assert generate.GREEDY.no_repeat_ngram == 0 and generate.GREEDY.repetition_penalty == 1.0
-    assert generate.CHAT.no_repeat_ngram == 4 and generate.CHAT.repetition_penalty > 1.0
+    assert generate.CHAT.no_repeat_ngram == 4
     looping = [7, 8, 9, 10] * 20  # what a greedy model stuck in a loop would say
     plain = generate.generate(Scripted(looping), [1, 2], max_new_tokens=40, stop=set())
     assert plain.tokens == looping[:40] and plain.stopped_by == "max_new_tokens"
+
+
+def test_the_chat_guard_leaves_the_questions_own_words_free():
+    """The answer may repeat a word of the prompt ("The capital of France is ..."), even
+    where another token comes close: the guard bans only the reply's own repeated 4-grams
+    and penalizes no token of the prompt."""
+    class CloseCall(Scripted):
+        def _logits(self):
+            logits = super()._logits()
+            logits[9] = 4.8  # a runner-up no prompt holds; a penalty of 1.1 would let it win
+            return logits
+
+    script = [3, 4, 5, 6, 9]
+    result = generate.generate(CloseCall(script), [3, 4, 5, 6], max_new_tokens=4, stop=set(),
+                               sampling=generate.CHAT)
+    assert result.tokens == script[:4]
+    penalized = generate.generate(CloseCall(script), [3, 4, 5, 6], max_new_tokens=4, stop=set(),
+                                  sampling=dataclasses.replace(generate.CHAT, repetition_penalty=1.1))
+    assert penalized.tokens[0] == 9
 
 
 def test_no_repeated_ngram_bans_the_token_that_would_close_one():
