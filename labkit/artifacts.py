@@ -33,9 +33,9 @@ def _stamped(key: str, value: str) -> Callable:
 
 def _todays_recipe(**values) -> Callable:
     def current(graph) -> bool:
-        from .quantize import has_todays_fields, recipe_of
+        from .quantize import built_with_todays_recipe
 
-        return has_todays_fields(graph) and all(recipe_of(graph)[k] == v for k, v in values.items())
+        return built_with_todays_recipe(graph, **values)
     return current
 
 

@@ -50,7 +50,7 @@ import onnx
 
 from . import onnx_weights
 from .errors import LabkitError
-from .onnx_graph import set_metadata
+from .onnx_graph import replace_node, set_metadata
 from .paths import MODEL_FILE
 
 PRECISIONS = {"fused-fp32": ("fp32", []), "fused-int8": ("int8", ["accuracy_level=4", "block_size=64"]),
@@ -102,14 +102,11 @@ def _share_int8_embedding(graph_file: Path) -> None:
         return
     shape = "/model/embed_tokens/int8_shape"
     make = onnx.helper.make_node
-    position = nodes.index(gather)
-    graph.graph.node.remove(gather)
-    for offset, node in enumerate([
-            make("Reshape", [head.input[1], shape], [shape + "_weight"], name="/model/embed_tokens/Reshape"),
-            make("GatherBlockQuantized", [shape + "_weight", gather.input[1], head.input[2]], list(gather.output),
-                 name="/model/embed_tokens/GatherBlockQuantized", domain="com.microsoft", bits=8,
-                 block_size=attrs["block_size"], gather_axis=0, quantize_axis=1)]):
-        graph.graph.node.insert(position + offset, node)
+    replace_node(graph.graph, gather, [
+        make("Reshape", [head.input[1], shape], [shape + "_weight"], name="/model/embed_tokens/Reshape"),
+        make("GatherBlockQuantized", [shape + "_weight", gather.input[1], head.input[2]], list(gather.output),
+             name="/model/embed_tokens/GatherBlockQuantized", domain="com.microsoft", bits=8,
+             block_size=attrs["block_size"], gather_axis=0, quantize_axis=1)])
     partial = graph_file.parent / ".shared"
     partial.mkdir(exist_ok=True)
     onnx_weights.save(graph, graph_file.parent, partial / MODEL_FILE,

@@ -58,6 +58,14 @@ def external_files(model: onnx.ModelProto) -> list[str]:
     return found
 
 
+def replace_node(graph: onnx.GraphProto, old: onnx.NodeProto, new: list[onnx.NodeProto]) -> None:
+    """`new`, in order, where `old` was (the graph stays topologically sorted)."""
+    position = list(graph.node).index(old)
+    graph.node.remove(old)
+    for offset, node in enumerate(new):
+        graph.node.insert(position + offset, node)
+
+
 def producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
     """Each tensor a node computes -> that node."""
     return {output: node for node in graph.node for output in node.output}

@@ -47,7 +47,7 @@ def _import_nbits_quantizer():
     return matmul_nbits_quantizer
 from .calibration import channel_ranges, validate_reader
 from .errors import LabkitError
-from .onnx_graph import file_bytes, graph_io, load_graph, metadata, producers, set_metadata
+from .onnx_graph import file_bytes, graph_io, load_graph, metadata, producers, replace_node, set_metadata
 from .paths import MODEL_FILE, check_writable, staged_dir
 
 QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
@@ -97,10 +97,12 @@ def recipe_of(graph: onnx.ModelProto) -> dict:
     return fields if isinstance(fields, dict) else {}
 
 
-def has_todays_fields(graph: onnx.ModelProto) -> bool:
-    """The graph's recipe names every choice today's Recipe has: a graph built before a
-    choice was added is rebuilt, not reused."""
-    return set(recipe_of(graph)) == {f.name for f in dataclasses.fields(Recipe)}
+def built_with_todays_recipe(graph: onnx.ModelProto, **values) -> bool:
+    """The graph's recipe names every choice today's Recipe has, `values` among them: a graph
+    built before a choice was added, or with another value of it, is rebuilt, not reused."""
+    recipe = recipe_of(graph)
+    return set(recipe) == {f.name for f in dataclasses.fields(Recipe)} and \
+        all(recipe[k] == v for k, v in values.items())
 
 
 # ONNX Runtime's defaults: int8 activations, one scale per tensor, every MatMul.
@@ -185,8 +187,6 @@ def _share_int8_embedding(graph: onnx.ModelProto, added: dict[str, np.ndarray]) 
     weights = onnx_weights.initializers(graph)
     gather = next(n for n in graph.graph.node if n.op_type == "Gather" and n.input[0] in weights)
     ids, out = gather.input[1], gather.output[0]
-    position = list(graph.graph.node).index(gather)
-    graph.graph.node.remove(gather)
     make = onnx.helper.make_node
     float_ = onnx.TensorProto.FLOAT
     nodes = [make("Gather", [quantized, ids], [out + "_int8"], name="model.embed_tokens/Gather", axis=1),
@@ -206,8 +206,7 @@ def _share_int8_embedding(graph: onnx.ModelProto, added: dict[str, np.ndarray]) 
         make("Mul", [centred, out + "_scale"], [out + "_columns"], name="model.embed_tokens/Mul"),
         make("Transpose", [out + "_columns"], [out], name="model.embed_tokens/Transpose", perm=[1, 2, 0]),
     ]
-    for offset, node in enumerate(nodes):
-        graph.graph.node.insert(position + offset, node)
+    replace_node(graph.graph, gather, nodes)
 
 
 def _symmetric_int8(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -371,16 +370,13 @@ def _dynamic_head(graph: onnx.ModelProto) -> None:
         return
     from .export_kv import PAST
 
-    x, position = quantize.input[0], list(graph.graph.node).index(quantize)
-    graph.graph.node.remove(quantize)
-    added = []
+    x, added = quantize.input[0], []
     if any(i.name.startswith(PAST) for i in graph.graph.input):
         added.append(_last_position(graph, x))
         x = added[-1].output[0]
     per_call = [f"{x}_per_call", f"{x}_per_call_scale", f"{x}_per_call_zero_point"]
     added.append(onnx.helper.make_node("DynamicQuantizeLinear", [x], per_call, name=f"{x}_DynamicQuantizeLinear"))
-    for offset, node in enumerate(added):
-        graph.graph.node.insert(position + offset, node)
+    replace_node(graph.graph, quantize, added)
     dequantize.input[:] = per_call
     used = {name for node in graph.graph.node for name in node.input}
     for unused in [t for t in graph.graph.initializer if t.name in quantize.input[1:] and t.name not in used]:
