@@ -208,7 +208,9 @@ def _measure(loaded, lengths, threads, log, peers):
         if reference_tokens is None:
             reference_tokens = agreement_runs
         if engine.logits is not None and engine.graph not in perplexities:  # once per graph, outside the RSS
-            perplexities[engine.graph] = quality.heldout_perplexities(engine.logits(), loaded.tokenizer)["en"]
+            # English only, the table's column: a graph that gives the last position's logits
+            # reads the text one token at a time (quality.session_logits).
+            perplexities[engine.graph] = quality.perplexity(engine.logits(), loaded.tokenizer, heldout()["text_en"])
         for length, count, ttft, total in measured:
             tok_s = (count - 1) / (total - ttft) if count > 1 and total > ttft else 0.0
             rows.append({"engine": engine.engine, "precision": engine.precision, "cache": engine.cache,

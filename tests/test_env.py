@@ -43,22 +43,6 @@ def test_models_command_lists_the_registry(capsys):
     assert {"name", "source", "available"} <= rows[0].keys() and rows[0]["available"]
 
 
-def test_lab_writes_its_report(tmp_path, capsys):
-    """The whole lab on the default model, reusing the run's graphs. The benchmark is
-    notebook 05's (one prompt length, no peers: those have tests of their own), so grading
-    notebook 05 later reuses the table measured here."""
-    assert main(["lab", "--out", str(tmp_path), "--lengths", "256", "--no-peers"]) == 0
-    report = (tmp_path / "report.md").read_text()
-    assert "Paris" in report and "greedy 32 tokens identical on 3/3" in report
-    quant = report.split("## 03 INT8 static quantization")[1].split("## 04")[0]
-    assert "| FP32 | 542." in quant and "(100.0%)" in quant and "| INT8 | 1" in quant
-    bench = report.split("## 05")[1]
-    assert "| engine | size | 256 |" in bench and "| ORT INT8, KV cache | 1" in bench
-    assert "| ORT fused INT8, KV cache | 1" in bench
-    assert json.loads((tmp_path / "env.json").read_text())["cores"] >= 1
-    assert str(tmp_path / "report.md") in capsys.readouterr().out
-
-
 def test_seven_bit_weights_only_where_int8_sums_saturate(monkeypatch):
     from labkit import quantize
 

@@ -1,17 +1,37 @@
-"""End to end through nbgrader's own API on a scratch course: generate, submit, autograde,
-read the scores back from the gradebook. Runs the five notebooks on the bundled default model,
-once per test run: the cases that differ in one notebook (a wrong answer, a regrade with the
-same key, delegating to labkit) are graded on that notebook alone in test_grading_class.py
-and the referee's tests."""
+"""The lab end to end on the bundled default model, once per test run: `make lab`, then the
+five notebooks through nbgrader's own API on a scratch course (generate, submit, autograde,
+read the scores back from the gradebook). One file, in this order: grading notebook 05
+reuses the benchmark the lab measured (and every graph it built). The cases that differ in
+one notebook (a wrong answer, a regrade with the same key, delegating to labkit) are graded
+on that notebook alone in test_grading_class.py and the referee's tests."""
+import json
+
 import pytest
 
 from conftest import REPO
 from labkit import course
+from labkit.__main__ import main
 from nbgrader_course import graded_points
 
 pytestmark = pytest.mark.slow
 SOURCE = REPO / "source" / course.ASSIGNMENT
 NOTEBOOKS = sorted(p.name for p in SOURCE.glob("*.ipynb"))
+
+
+def test_lab_writes_its_report(tmp_path, capsys):
+    """The whole lab on the default model, reusing the run's graphs. The benchmark is
+    notebook 05's (one prompt length, no peers: those have tests of their own), so grading
+    notebook 05 later reuses the table measured here."""
+    assert main(["lab", "--out", str(tmp_path), "--lengths", "256", "--no-peers"]) == 0
+    report = (tmp_path / "report.md").read_text()
+    assert "Paris" in report and "greedy 32 tokens identical on 3/3" in report
+    quant = report.split("## 03 INT8 static quantization")[1].split("## 04")[0]
+    assert "| FP32 | 542." in quant and "(100.0%)" in quant and "| INT8 | 1" in quant
+    bench = report.split("## 05")[1]
+    assert "| engine | size | 256 |" in bench and "| ORT INT8, KV cache | 1" in bench
+    assert "| ORT fused INT8, KV cache | 1" in bench
+    assert json.loads((tmp_path / "env.json").read_text())["cores"] >= 1
+    assert str(tmp_path / "report.md") in capsys.readouterr().out
 
 
 @pytest.fixture(scope="module")
