@@ -101,8 +101,8 @@ def built_with_todays_recipe(graph: onnx.ModelProto, **values) -> bool:
     """The graph's recipe names every choice today's Recipe has, `values` among them: a graph
     built before a choice was added, or with another value of it, is rebuilt, not reused."""
     recipe = recipe_of(graph)
-    return set(recipe) == {f.name for f in dataclasses.fields(Recipe)} and \
-        all(recipe[k] == v for k, v in values.items())
+    return (set(recipe) == {f.name for f in dataclasses.fields(Recipe)}
+            and all(recipe[k] == v for k, v in values.items()))
 
 
 # ONNX Runtime's defaults: int8 activations, one scale per tensor, every MatMul.
