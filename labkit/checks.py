@@ -154,8 +154,8 @@ def loop_matches_reference(loop, session, tokenizer, prompts: list[str], new_tok
     stop = generate.stop_ids(tokenizer)
     for prompt in prompts:
         ids = chat_ids(tokenizer, prompt)
-        reference = generate.generate(generate.NoCache(session), ids, max_new_tokens=new_tokens, stop=stop).tokens
-        same_tokens(loop(session, ids, new_tokens, stop), reference, tokenizer, prompt)
+        tokens = loop(session, ids, new_tokens, stop)
+        same_tokens(tokens, generate.greedy_ort(session, ids, new_tokens, stop, guess=tokens), tokenizer, prompt)
 
 
 class ScriptedSession:

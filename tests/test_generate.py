@@ -186,3 +186,80 @@ def test_a_reply_going_round_in_circles_is_stopped():
     assert result.stopped_by == "repetition"
     assert len(result.tokens) == generate.LOOP_WINDOW
     assert not generate.going_round(list(range(64))) and generate.going_round(cycle * 13)
+
+
+
+class Causal:
+    """A no-cache graph's stand-in: each position's best next token is the sum of the tokens
+    up to it, modulo the vocabulary, one logit ahead of the rest; at the position that ends
+    a sequence of `tie_at` tokens, a runner-up only 0.001 behind. Counts its passes."""
+
+    def __init__(self, vocab: int = 11, tie_at: int | None = None):
+        self.vocab, self.tie_at, self.passes = vocab, tie_at, 0
+
+    def get_inputs(self):
+        return [type("Input", (), {"name": n})() for n in ("input_ids", "attention_mask")]
+
+    def get_outputs(self):
+        return [type("Output", (), {"name": "logits", "shape": ["batch", "sequence", self.vocab]})()]
+
+    def run(self, names, feed):
+        self.passes += 1
+        ids = feed["input_ids"][0]
+        logits = np.zeros((1, len(ids), self.vocab), np.float32)
+        for i in range(len(ids)):
+            best = int(ids[: i + 1].sum()) % self.vocab
+            logits[0, i, best] = 1.0
+            if i + 1 == self.tie_at:
+                logits[0, i, (best + 1) % self.vocab] = 0.999
+        return [logits]
+
+
+PROMPT = np.array([[3, 4]], np.int64)  # the answer: 7, 3, 6, 1, 2, 4, 8, ...
+
+
+def _loop(session, n, stop):
+    return generate.generate(NoCache(session), PROMPT, max_new_tokens=n, stop=stop).tokens
+
+
+def test_a_right_guess_is_settled_in_one_pass():
+    for stop in (set(), {1}):  # a stop token ends the answer after three
+        expected = _loop(Causal(), 6, stop)
+        assert len(expected) == (3 if stop else 6)
+        session = Causal()
+        assert generate.greedy_ort(session, PROMPT, 6, stop, guess=expected) == expected and session.passes == 1
+    assert generate.greedy_ort(Causal(), PROMPT, 0, guess=[7]) == []
+
+
+@pytest.mark.parametrize("guess, passes", [
+    ([7, 3, 6, 2, 4, 9], 1 + 2), ([7, 3], 1 + 3), ([7, 3, 6, 1, 2, 4, 8, 5], 1), ([], 1 + 5),
+    ([7, 3, np.int64(6)], 6), ([7, 3, 6.0], 6), ([7, 3, 60], 6), (None, 6), ("7 3 6", 6)],
+    ids=["a wrong token", "cut short", "too long", "empty", "numpy ints", "a float", "out of the vocabulary",
+         "nothing", "text"])
+def test_any_other_guess_gives_the_loops_tokens_and_runs_it_from_where_the_guess_fails(guess, passes):
+    """Passes: the one over the guess, then the loop's from the first token it does not settle
+    (a wrong token is itself settled by that pass); a guess that is not a list of token ids
+    leaves the whole loop to run, 6 passes."""
+    session = Causal()
+    assert generate.greedy_ort(session, PROMPT, 6, guess=guess) == _loop(Causal(), 6, set())
+    assert session.passes == passes
+
+
+def test_a_near_tie_is_left_to_the_loop():
+    expected = _loop(Causal(tie_at=4), 6, set())
+    session = Causal(tie_at=4)
+    assert generate.greedy_ort(session, PROMPT, 6, guess=expected) == expected
+    assert session.passes == 1 + 4  # the pass settles 7 and 3; the loop computes the last four
+
+
+def test_one_pass_gives_each_position_the_logits_of_the_loops_pass(session, tiny):
+    """What a guess's check rests on, on a real graph: ONNX Runtime's logits for a position do
+    not depend on the tokens after it (the bundled model's graphs: a difference of 0.0)."""
+    for prompt in ("What is the capital of France?", "请用一句话介绍一下你自己。"):
+        ids = prompts.chat_ids(tiny.tokenizer, prompt)
+        tokens = generate.greedy_ort(session, ids, 12)
+        loop = NoCache(session)
+        steps = [loop.start(ids)] + [loop.step(t) for t in tokens[:-1]]
+        whole = loop.logits(np.concatenate([ids, np.array([tokens], np.int64)], axis=1))[0]
+        assert np.abs(whole[ids.shape[1] - 1:-1] - np.stack(steps)).max() < generate.GUESS_MARGIN / 100
+        assert generate.greedy_ort(session, ids, 12, guess=tokens) == tokens
