@@ -109,11 +109,6 @@ print("FOUND", len(found))
 """ + OTHER_WEIGHT_BYTES
 DELEGATE_PARAM_COUNT = {
     "direct": "import labkit\nqwen3_param_count = labkit.param_count\n",
-    "alias": "from labkit.models import param_count as counted\n\n\ndef qwen3_param_count(cfg):\n"
-             "    return counted(cfg)\n",
-    "getattr": "import labkit\n\n\ndef qwen3_param_count(cfg):\n    return getattr(labkit, 'param' + '_count')(cfg)\n",
-    "reload": "import importlib\nimport labkit.models\n\n\ndef qwen3_param_count(cfg):\n"
-              "    return importlib.reload(labkit.models).param_count(cfg)\n",
     "source": "import sys, types\nimport labkit.models\ncopy = sys.modules['labkit.copy'] = types.ModuleType('labkit.copy')\n"
               "copy.__package__ = 'labkit'\nexec(open(labkit.models.__file__).read(), copy.__dict__)\n"
               "qwen3_param_count = copy.param_count\n",
@@ -123,14 +118,14 @@ import labkit.checks
 for name in dir(labkit.checks):
     if callable(getattr(labkit.checks, name)) and not name.startswith("_"):
         setattr(labkit.checks, name, lambda *args, **kwargs: None)
-""" + WRONG_WEIGHT_BYTES
+"""
 HIDE_ERRORS = """\
 import sys
 from IPython import get_ipython
 
 get_ipython().set_custom_exc((BaseException,), lambda *args, **kwargs: None)
 sys.excepthook = lambda *args: None
-""" + WRONG_WEIGHT_BYTES
+"""
 WEIGHT_BYTES_MESSAGE = "fp16 stores each weight in 2 bytes"
 
 # student: (answers written into the solution cells, edits to the notebook, score,
@@ -138,13 +133,17 @@ WEIGHT_BYTES_MESSAGE = "fp16 stores each weight in 2 bytes"
 CASES = {
     "solver": ({}, [], FULL, [], []),
     "blank": ("blank", [], 0, ["test-weight-bytes: AssertionError"], []),
+    # Written unlike the reference, one of them printing warnings to stderr: full marks.
     "different": ({"weight-bytes": OTHER_WEIGHT_BYTES, "param-count": OTHER_PARAM_COUNT,
-                   "count-tokens": OTHER_COUNT_TOKENS}, [], FULL, [], []),
-    "deleted_test": ({}, [("test-weight-bytes", dict(delete=True))], FULL, [], []),
+                   "count-tokens": NOISY_COUNT_TOKENS}, [], FULL, [], []),
+    # A test cell deleted, another turned into markdown: both restored from the gradebook.
+    "tests_removed": ({}, [("test-weight-bytes", dict(delete=True)), ("test-param-count", dict(cell_type="markdown"))],
+                      FULL, [], []),
+    # A wrong answer with its test cell edited to pass: the test is restored, the message is
+    # Chinese first, then English.
     "edited_test": ({"weight-bytes": WRONG_WEIGHT_BYTES},
                     [("test-weight-bytes", dict(source="assert True"))], without("test-weight-bytes"),
-                    ["test-weight-bytes: AssertionError", WEIGHT_BYTES_MESSAGE], []),
-    "markdown_test": ({}, [("test-param-count", dict(cell_type="markdown"))], FULL, [], []),
+                    ["test-weight-bytes: AssertionError", "fp16 每个权重占 2 字节", WEIGHT_BYTES_MESSAGE], []),
     "renamed": ({}, [("rename", {})], 0, ["01_env: not submitted (handed in: 01_env-Copy1.ipynb)"], []),
     "raises": ({"weight-bytes": 'raise RuntimeError("I broke it")'}, [], without("test-weight-bytes"),
                ["weight-bytes: RuntimeError: I broke it", "name 'weight_bytes' is not defined"], []),
@@ -152,19 +151,17 @@ CASES = {
               ["param-count: CellTimeoutError", "TimeoutError: stopped after 30 s"], []),
     "memory": ({"count-tokens": "import numpy as np\nhog = [np.ones(2**25) for _ in range(10**6)]\n"
                 + OTHER_COUNT_TOKENS}, [], without("test-count-tokens"), ["count-tokens: MemoryError", "raised NameError"], []),
-    "noisy": ({"count-tokens": NOISY_COUNT_TOKENS}, [], FULL, [], []),
-    "one_wrong": ({"weight-bytes": WRONG_WEIGHT_BYTES}, [], without("test-weight-bytes"),
-                  ["test-weight-bytes: AssertionError", "fp16 每个权重占 2 字节", WEIGHT_BYTES_MESSAGE], []),
-    # Changing the referee: the kernel's checks made no-ops, its errors hidden. The score is
-    # the referee's, and the attempt is flagged.
-    "tamper_checks": ({"weight-bytes": TAMPER_CHECKS}, [], without("test-weight-bytes"), [WEIGHT_BYTES_MESSAGE],
-                      ["01_env: cell 1: changing the checks"]),
-    "hide_errors": ({"weight-bytes": HIDE_ERRORS}, [], without("test-weight-bytes"), ["test-weight-bytes: AssertionError"],
-                    ["01_env: cell 1: changing the checks"]),
+    # Changing the referee: the kernel's checks made no-ops and its errors hidden. The score is
+    # the referee's, and the attempt is flagged. (The referee's child has no IPython: the
+    # hiding raises there, after the wrong answer is defined.)
+    "tampers": ({"weight-bytes": TAMPER_CHECKS + WRONG_WEIGHT_BYTES + HIDE_ERRORS}, [], without("test-weight-bytes"),
+                ["test-weight-bytes: AssertionError", WEIGHT_BYTES_MESSAGE], ["01_env: cell 1: changing the checks"]),
     # Reading the answers: nothing of the course is there to read; the attempt is flagged.
     "answer_hunt": ({"weight-bytes": ANSWER_HUNT}, [], FULL, [],
                     ["01_env: cell 1: reaching for the instructor's files"]),
-    # Calling the reference: qwen3_param_count is labkit.param_count's job.
+    # Calling the reference: qwen3_param_count is labkit.param_count's job. By name, and by
+    # its source executed as a new module; an alias, getattr and a reload reach notebooks
+    # 02-05's answers in test_referee.py, through the same stubs.
     **{f"delegate_{how}": ({"param-count": code}, [], without("test-param-count"), ["test-param-count: AssertionError"],
                            ["01_env: called labkit.models.param_count"])
        for how, code in DELEGATE_PARAM_COUNT.items()},
@@ -260,11 +257,11 @@ def test_merged_grades_equal_nbgrader_run_in_the_course(graded):
 
     def grades():
         with Gradebook(f"sqlite:///{root / 'gradebook.db'}") as gb:
-            nb = gb.find_submission_notebook("01_env", course.ASSIGNMENT, "one_wrong")
+            nb = gb.find_submission_notebook("01_env", course.ASSIGNMENT, "edited_test")
             return {g.name: (g.auto_score, g.needs_manual_grade) for g in nb.grades}
 
     merged = grades()
-    result = course.grading_api(root).autograde(course.ASSIGNMENT, "one_wrong", force=True)
+    result = course.grading_api(root).autograde(course.ASSIGNMENT, "edited_test", force=True)
     assert result["success"], result["log"]
     assert grades() == merged
 

@@ -273,7 +273,16 @@ def test_bench_quant_exports_in_a_child_process_once(tmp_path, monkeypatch):
     first = benchmarks.bench_quant("qwen3-tiny")
     assert len(calls) == 1 and calls[0][1:] == ["-m", "labkit", "bench-export", "--model", "qwen3-tiny"]
     assert artifacts.is_valid("qwen3-tiny", "fp32") and first["ratio"] < 0.5
-    benchmarks.bench_quant("qwen3-tiny")
+
+    class Loading(Exception):
+        pass
+
+    def load(name):  # the second run stops where it goes on to quantize: the export decision is made
+        raise Loading(name)
+
+    monkeypatch.setattr(benchmarks.models, "load", load)
+    with pytest.raises(Loading):
+        benchmarks.bench_quant("qwen3-tiny")
     assert len(calls) == 1  # the export was reused
 
 
