@@ -146,8 +146,9 @@ def same_tokens(tokens, reference: list[int], tokenizer, prompt: str) -> None:
                       reference=tokenizer.decode(reference[:first + 3]))
 
 
-def loop_matches_reference(loop, session, tokenizer, prompts: list[str], new_tokens: int) -> None:
-    """`loop(session, prompt_ids, max_new_tokens, stop_ids)` against labkit's no-cache loop."""
+def loop_matches_reference(loop, session, tokenizer, prompts: list[str], new_tokens: int, reference=None) -> None:
+    """`loop(session, prompt_ids, max_new_tokens, stop_ids)` against labkit's no-cache loop on
+    `reference` (default `session`; notebook 05: the no-cache graph beside the loop's KV graph)."""
     from . import generate
     from .prompts import chat_ids
 
@@ -155,7 +156,8 @@ def loop_matches_reference(loop, session, tokenizer, prompts: list[str], new_tok
     for prompt in prompts:
         ids = chat_ids(tokenizer, prompt)
         tokens = loop(session, ids, new_tokens, stop)
-        same_tokens(tokens, generate.greedy_ort(session, ids, new_tokens, stop, guess=tokens), tokenizer, prompt)
+        expected = generate.greedy_ort(reference or session, ids, new_tokens, stop, guess=tokens)
+        same_tokens(tokens, expected, tokenizer, prompt)
 
 
 class ScriptedSession:

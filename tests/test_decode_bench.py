@@ -7,6 +7,7 @@ import torch
 
 from labkit import artifacts, attention, charts, checks, decode_bench, peers
 from labkit.benchmarks import bench_decode
+from labkit.prompts import chat_ids
 
 CONTRACT = {"engine", "precision", "cache", "bytes", "ratio", "ttft_s", "prompt_len", "tok_s", "peak_rss_gb",
             "agreement"}
@@ -165,3 +166,20 @@ def test_the_q8_0_peer_is_quantized_once_from_the_bundled_gguf(default_model):
     assert peers.q8_0_gguf() == q8 and q8.stat().st_mtime_ns == made  # kept, not quantized again
     tokens, ttft, total = peers.llama_cpp_runner(q8, threads=2)()(chat_ids(default_model.tokenizer, "Hi"), 6)
     assert len(tokens) == 6 and 0 < ttft < total
+
+
+def test_no_cache_graphs_check_the_reference_answer_in_one_pass(bench, tiny):
+    """The agreement runs of the ORT rows without a cache check the reference's answer
+    (greedy_ort's guess): right, wrong or empty, the tokens are the loop's."""
+    ids = chat_ids(tiny.tokenizer, "What is the capital of France?")
+    checked = 0
+    for row in decode_bench.engines(tiny, 2, log=lambda _: None, peers=False):
+        run = row.open()
+        if row.engine != "onnxruntime" or row.cache:
+            assert not hasattr(run, "answer"), row
+            continue
+        loop = run(ids, 12)[0]
+        wrong = loop[:3] + [(t + 1) % tiny.model.config.vocab_size for t in loop[3:]]
+        assert run.answer(ids, 12, loop) == run.answer(ids, 12, wrong) == run.answer(ids, 12, []) == loop
+        checked += 1
+    assert checked == 2  # FP32 and INT8

@@ -39,6 +39,24 @@ def test_cached_greedy_equals_no_cache_and_pytorch(kv_session, tiny_onnx, tiny):
             generate.greedy_torch(tiny.model, torch.from_numpy(ids), 32)
 
 
+def test_notebook_05s_check_holds_a_cached_loop_to_the_no_cache_graph(kv_session, tiny_onnx, tiny):
+    """checks.loop_matches_reference with `reference`: the loop runs on the KV graph, labkit's
+    no-cache loop on notebook 02's graph. A loop that forgets the cache fails it."""
+    def cached(session, ids, new_tokens, stop):
+        return generate.generate(KVCache(session), ids, max_new_tokens=new_tokens, stop=stop).tokens
+
+    def forgetful(session, ids, new_tokens, stop):  # each step sees only the last token
+        tokens = [generate.greedy_ort(no_cache, ids, 1)[0]]
+        while len(tokens) < new_tokens:
+            tokens.append(generate.greedy_ort(no_cache, np.array([[tokens[-1]]]), 1)[0])
+        return tokens
+
+    no_cache = runtime.session(tiny_onnx)
+    checks.loop_matches_reference(cached, kv_session, tiny.tokenizer, list(PROMPTS), 24, reference=no_cache)
+    with pytest.raises(AssertionError):
+        checks.loop_matches_reference(forgetful, kv_session, tiny.tokenizer, list(PROMPTS), 24, reference=no_cache)
+
+
 @pytest.fixture(scope="module", params=[False, True], ids=["int8", "int8, lm_head per call"])
 def kv_int8(request, tmp_path_factory, tiny, tiny_kv):
     reader = calibration.KVCacheReader(tiny.model, tiny.tokenizer, prompts.calibration_prompts()[:4], decode_steps=3)
