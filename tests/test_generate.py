@@ -263,3 +263,23 @@ def test_one_pass_gives_each_position_the_logits_of_the_loops_pass(session, tiny
         whole = loop.logits(np.concatenate([ids, np.array([tokens], np.int64)], axis=1))[0]
         assert np.abs(whole[ids.shape[1] - 1:-1] - np.stack(steps)).max() < generate.GUESS_MARGIN / 100
         assert generate.greedy_ort(session, ids, 12, guess=tokens) == tokens
+
+
+def test_pytorchs_no_cache_answer_checks_a_guess_in_one_pass(tiny):
+    """greedy_eager: PyTorch recomputing the whole sequence each step, its guess (PyTorch's
+    cached answer by default, or one given, right or wrong) settled in one pass; one pass's
+    logits are the loop's to well under the margin."""
+    import torch
+
+    model, ids = tiny.model, prompts.chat_ids(tiny.tokenizer, "What is the capital of France?")
+    sequence, steps = torch.from_numpy(ids), []
+    with torch.inference_mode():
+        for _ in range(12):
+            steps.append(model(sequence, use_cache=False).logits[0, -1].numpy())
+            sequence = torch.cat([sequence, torch.tensor([[int(steps[-1].argmax())]])], dim=1)
+        whole = model(sequence[:, :-1], use_cache=False).logits[0, ids.shape[1] - 1:].numpy()
+    loop = sequence[0, ids.shape[1]:].tolist()
+    assert np.abs(whole - np.stack(steps)).max() < generate.GUESS_MARGIN / 100
+    wrong = loop[:4] + [(t + 1) % model.config.vocab_size for t in loop[4:]]
+    for guess in (None, loop, wrong, [], loop[:3]):
+        assert generate.greedy_eager(model, ids, 12, guess) == loop
