@@ -328,6 +328,10 @@ TEXTS: dict[str, tuple[str, str]] = {
     "env.int8_fast": (
         "这台 CPU 有整数点积指令（VNNI/AMX 或 Arm dotprod）：INT8 走快速内核。",
         "This CPU has integer dot-product instructions (VNNI/AMX, or Arm's): INT8 runs on the fast kernels."),
+    # ------------------------------------------------ a cell that only shows something
+    "demonstration.skipped": (
+        "（演示「{what}」：nbgrader 自动评分时不运行，这一格不计分）",
+        "({what}: not run under nbgrader autograde, where it grades nothing)"),
     # ------------------------------------------------ the chat box
     "chat.title": ("与 {label} 对话", "Chat with {label}"),
     "chat.you": ("你", "You"),

@@ -27,7 +27,8 @@ def test_demonstrations_are_skipped_only_under_autograde(monkeypatch, capsys):
     assert not labkit.autograding() and labkit.demonstration("the table") and capsys.readouterr().out == ""
     monkeypatch.setenv("NBGRADER_EXECUTION", "autograde")
     assert labkit.autograding() and not labkit.demonstration("the table")
-    assert capsys.readouterr().out.startswith("(the table: not run under nbgrader autograde")
+    assert capsys.readouterr().out == "（演示「the table」：nbgrader 自动评分时不运行，这一格不计分） " \
+                                      "(the table: not run under nbgrader autograde, where it grades nothing)\n"
 
 
 def test_unknown_name_lists_the_registry():
