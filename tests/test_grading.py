@@ -39,7 +39,7 @@ def test_lab_writes_its_report(tmp_path, capsys):
 def _reference_from_this_runs_graphs(loaded) -> None:
     """The referee's fp32 and int8 of the bundled model are labkit's own builds, and this run
     has built exactly those in its shared folder (graded kernels write folders of their own),
-    so the referee starts from copies instead of exporting (38 s) and quantizing (25 s) the
+    so the referee starts from copies instead of exporting (38 s) and quantizing (31 s) the
     same graphs again, VNNI. test_paths covers the referee building its own."""
     for variant in ("fp32", "int8"):
         ours = artifacts.ensure(loaded, variant, log=lambda _: None)
