@@ -156,7 +156,7 @@ def loop_matches_reference(loop, session, tokenizer, prompts: list[str], new_tok
     for prompt in prompts:
         ids = chat_ids(tokenizer, prompt)
         tokens = loop(session, ids, new_tokens, stop)
-        expected = generate.greedy_ort(reference or session, ids, new_tokens, stop, guess=tokens)
+        expected = generate.greedy_ort(session if reference is None else reference, ids, new_tokens, stop, guess=tokens)
         same_tokens(tokens, expected, tokenizer, prompt)
 
 
