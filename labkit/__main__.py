@@ -81,6 +81,7 @@ def _chat(args) -> int:
 
     from . import artifacts, chat, fused, models, paths
     from .generate import CHAT, GREEDY, NoCache, cached_loop
+    from .prompts import CHAT_SYSTEM
 
     name = models.resolve_name(args.model)
     named = args.graph in artifacts.SOURCES
@@ -91,7 +92,9 @@ def _chat(args) -> int:
     conversation = chat.Chat(graph, models.load_tokenizer(name), label=f"{name} ({args.graph})",
                              max_new_tokens=args.max_tokens,
                              sampling=replace(GREEDY if args.no_guard else CHAT, temperature=args.temperature, seed=None),
-                             enable_thinking=args.think, loop=cached_loop if cached else NoCache)
+                             system=CHAT_SYSTEM if args.system is None else args.system or None,
+                             enable_thinking=args.think,
+                             loop=cached_loop if cached else NoCache)
     chat.run_terminal(conversation)
     return 0
 
@@ -189,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
     p.add_argument("--max-tokens", type=int, default=256)
     p.add_argument("--think", action="store_true", help="Qwen3: let the model reason first (never shown)")
+    p.add_argument("--system", help="the system turn opening every prompt (default: the lab's, "
+                   "prompts.CHAT_SYSTEM); \"\" leaves the model template's own")
     p.add_argument("--no-guard", action="store_true", help="plain greedy: no repetition penalty, repeated "
                    "4-grams allowed, no stop when the reply loops")
     p.set_defaults(run=_chat)

@@ -1,6 +1,7 @@
 """Benchmarks that print figures (CLI subcommands, never timed tests)."""
 from __future__ import annotations
 
+import itertools
 import json
 import resource
 import subprocess
@@ -144,10 +145,11 @@ def bench_profile(name: str | None = None, json_path: str | Path | None = None, 
 
 
 def bench_chat(name: str | None = None, json_path: str | Path | None = None, max_new_tokens: int = 256) -> dict:
-    """The chat on the KV graphs, plain greedy ("before") and with the chat's repetition guard
-    ("after"): on each held-out prompt alone, and as one conversation through all of them,
-    how many replies loop (a 4-gram more than 3 times), how many stopped as going round, and
-    how many questions with a known answer were answered right."""
+    """The chat on the KV graphs, plain greedy and with the chat's repetition guard, under the
+    chat's system prompt (`prompts.CHAT_SYSTEM`) and the model template's own: on each
+    held-out prompt alone, and as one conversation through all of them, how many replies loop
+    (a 4-gram more than 3 times), how many stopped as going round, and how many questions
+    with a known answer were answered right."""
     from . import artifacts, env, generate, quality
     from .chat import Chat
 
@@ -156,26 +158,28 @@ def bench_chat(name: str | None = None, json_path: str | Path | None = None, max
     rows = []
     for variant in ("kv-fp32", "kv-int8"):
         graph = artifacts.ensure(loaded, variant)
-        for label, sampling in (("greedy", generate.GREEDY), ("chat guard", generate.CHAT)):
-            for mode in ("alone", "one conversation"):
-                conversation = Chat(graph, loaded.tokenizer, variant, max_new_tokens=max_new_tokens,
-                                    sampling=sampling, loop=generate.KVCache)
-                replies = []
-                for item in items:
-                    if mode == "alone":
-                        conversation.clear()
-                    result = conversation.send(item["prompt"])
-                    replies.append((item, result))
-                row = {"graph": variant, "sampling": label, "mode": mode, "replies": len(replies),
-                       "looping": sum(quality.loops(r.tokens) for _, r in replies),
-                       "stopped_going_round": sum(r.stopped_by == "repetition" for _, r in replies),
-                       "correct": sum(any(w.lower() in r.text.lower() for w in item["expect"])
-                                      for item, r in replies if item["expect"]),
-                       "questions": sum(1 for item, _ in replies if item["expect"]),
-                       "france": replies[0][1].text[:80]}
-                rows.append(row)
-                print(f"{variant:8} {label:10} {mode:16} looping {row['looping']}/{row['replies']}, stopped "
-                      f"{row['stopped_going_round']}, correct {row['correct']}/{row['questions']}; "
-                      f"France: {row['france']!r}", flush=True)
+        for (system, label, sampling), mode in itertools.product(
+                ((prompts.CHAT_SYSTEM, "greedy", generate.GREEDY), (prompts.CHAT_SYSTEM, "chat guard", generate.CHAT),
+                 (None, "chat guard", generate.CHAT)), ("alone", "one conversation")):
+            conversation = Chat(graph, loaded.tokenizer, variant, max_new_tokens=max_new_tokens,
+                                sampling=sampling, system=system, loop=generate.KVCache)
+            replies = []
+            for item in items:
+                if mode == "alone":
+                    conversation.clear()
+                result = conversation.send(item["prompt"])
+                replies.append((item, result))
+            row = {"graph": variant, "system": "the chat's" if system else "the template's",
+                   "sampling": label, "mode": mode, "replies": len(replies),
+                   "looping": sum(quality.loops(r.tokens) for _, r in replies),
+                   "stopped_going_round": sum(r.stopped_by == "repetition" for _, r in replies),
+                   "correct": sum(any(w.lower() in r.text.lower() for w in item["expect"])
+                                  for item, r in replies if item["expect"]),
+                   "questions": sum(1 for item, _ in replies if item["expect"]),
+                   "france": replies[0][1].text[:80]}
+            rows.append(row)
+            print(f"{variant:8} {row['system']:14} {label:10} {mode:16} looping {row['looping']}/{row['replies']}, "
+                  f"stopped {row['stopped_going_round']}, correct {row['correct']}/{row['questions']}; "
+                  f"France: {row['france']!r}", flush=True)
     result = {"model": loaded.name, "cpu": env.int8_kernel_note(), "max_new_tokens": max_new_tokens, "rows": rows}
     return _written(result, json_path)

@@ -16,7 +16,7 @@ from pathlib import Path
 from . import generate, messages, runtime
 from .generate import NoCache, Result, Sampling, TextStream
 from .messages import say
-from .prompts import render
+from .prompts import CHAT_SYSTEM, render
 
 
 @dataclass
@@ -33,10 +33,11 @@ class Chat:
     make room. Qwen3's thinking mode is off unless `enable_thinking`; its
     `<think>` block is never shown either way. The default sampling is greedy with the
     repetition guard (`generate.CHAT`): a reply that still goes round in circles is stopped,
-    with a notice."""
+    with a notice. `system` is the system turn that opens every prompt (`prompts.CHAT_SYSTEM`
+    by default; None or "" leaves the model's template to its own default)."""
 
     def __init__(self, graph, tokenizer, label: str = "model", *, context: int = 2048, max_new_tokens: int = 256,
-                 sampling: Sampling = generate.CHAT, system: str | None = None, enable_thinking: bool = False,
+                 sampling: Sampling = generate.CHAT, system: str | None = CHAT_SYSTEM, enable_thinking: bool = False,
                  loop=NoCache, threads: int | None = None):
         self.tokenizer, self.label, self.context = tokenizer, label, context
         self.max_new_tokens, self.sampling, self.system = max_new_tokens, sampling, system
@@ -122,6 +123,7 @@ class Chat:
         path = Path(path)
         about = say("chat.transcript_about", sep="  \n", model=self.label, graph=self.graph,
                     sampling=", ".join(f"{k}={v}" for k, v in asdict(self.sampling).items() if k != "seed"),
+                    system=self.system or messages.label("chat.template_system"),
                     when=time.strftime("%Y-%m-%d %H:%M"))
         path.write_text(f"# {messages.label('chat.title', label=self.label)}\n\n{about}\n\n" + self.markdown(),
                         encoding="utf-8")
@@ -149,6 +151,7 @@ class Chat:
 def run_terminal(chat: Chat, read=input, write=print) -> None:
     """The chat in a terminal: Ctrl-C stops a reply, /clear, /save [path], /quit."""
     write(f"{messages.label('chat.title', label=chat.label)}. {say('chat.terminal_help', sep=' ')}")
+    write(f"{messages.label('chat.system')}: {chat.system or messages.label('chat.template_system')}")
     shown = 0
     while True:
         for turn in chat.transcript[shown:]:  # notices from loading or from the last message

@@ -53,6 +53,9 @@ class ChatBox:
                                             description=messages.label("chat.max_tokens"), style=wide)
         self.guard = widgets.Checkbox(value=chat.sampling.no_repeat_ngram > 0, indent=False,
                                       description=messages.label("chat.guard"))
+        self.system = widgets.Text(value=chat.system or "", description=messages.label("chat.system"),
+                                   placeholder=messages.label("chat.template_system"), style=wide,
+                                   layout=widgets.Layout(width="90%"))
         self.status = widgets.Label(messages.label("chat.greedy"))
         self.send_button.on_click(lambda _: self.send())
         self.stop_button.on_click(lambda _: self.chat.stop())
@@ -63,7 +66,7 @@ class ChatBox:
             widgets.HTML(f"<b>{html.escape(messages.label('chat.title', label=chat.label))}</b>"
                          + (f"<br><small>{html.escape(note)}</small>" if note else "")), self.transcript,
             widgets.HBox([self.message, self.send_button, self.stop_button]),
-            widgets.HBox([self.temperature, self.max_tokens, self.guard]),
+            widgets.HBox([self.temperature, self.max_tokens, self.guard]), self.system,
             widgets.HBox([self.clear_button, self.save_button, self.status])])
 
     def _ipython_display_(self):
@@ -82,6 +85,7 @@ class ChatBox:
                                                  repetition_penalty=guard.repetition_penalty,
                                                  no_repeat_ngram=guard.no_repeat_ngram)
         self.chat.max_new_tokens = self.max_tokens.value
+        self.chat.system = self.system.value.strip() or None
         self.thread = threading.Thread(target=self._answer, args=(text,), daemon=True)
         self.send_button.disabled, self.stop_button.disabled = True, False
         self.thread.start()

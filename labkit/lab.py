@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from . import env, models, onnx_graph, parity, runtime
-from .prompts import chat_ids
+from .prompts import CHAT_SYSTEM, chat_ids
 
 CHECK_PROMPT = "What is the capital of France?"
 
@@ -120,7 +120,8 @@ def run_lab(name: str | None = None, out_dir: Path | None = None,
         + "\n## 03 INT8 static quantization\n\n" + report.quant_table(quantized) + "\n\n"
         + "Held-out set; agreement: greedy tokens shared with FP32 before they first differ; "
         + f"{env.int8_kernel_note()}\n"
-        + "\n## 04 Chat\n\n" + "\n".join(f"### {label}\n\n{text}" for label, text in transcripts.items())
+        + f"\n## 04 Chat\n\nSystem turn: \"{CHAT_SYSTEM}\" (`prompts.CHAT_SYSTEM`); greedy with the repetition "
+        + "guard.\n\n" + "\n".join(f"### {label}\n\n{text}" for label, text in transcripts.items())
         + "\n## 05 What each step bought\n\n![compression and tokens/s](bench.png)\n\n"
         + "Decode tokens/s after a prompt of N tokens:\n\n" + report.bench_table(bench) + "\n")
     (out_dir / "model_check.json").write_text(json.dumps(check, indent=1))

@@ -368,8 +368,10 @@ TEXTS: dict[str, tuple[str, str]] = {
         "the reply was going round in circles, so it was stopped. Ask again in other words, or raise the "
         "temperature."),
     "chat.transcript_about": (
-        "模型：{model}；计算图：{graph}；采样：{sampling}；保存于 {when}",
-        "model: {model}; graph: {graph}; sampling: {sampling}; saved {when}"),
+        "模型：{model}；计算图：{graph}；采样：{sampling}；系统提示：{system}；保存于 {when}",
+        "model: {model}; graph: {graph}; sampling: {sampling}; system prompt: {system}; saved {when}"),
+    "chat.system": ("系统提示", "system prompt"),
+    "chat.template_system": ("（模型模板的默认）", "(the model template's default)"),
 }
 
 # Words a refusal carries in either language: the integrity report finds refused cells by them.

@@ -1,5 +1,5 @@
-"""The lab's prompts, in one place: a chat turn rendered to token ids, the calibration
-set, the held-out set, and a prompt of exactly N tokens.
+"""The lab's prompts, in one place: a chat turn rendered to token ids, the chat's system
+prompt, the calibration set, the held-out set, and a prompt of exactly N tokens.
 
 The calibration and held-out sets are disjoint (a test says so): the held-out prompts and
 text measure quality on what calibration never saw.
@@ -10,6 +10,15 @@ import json
 from importlib import resources
 
 import numpy as np
+
+
+# The chat's system prompt (chat.Chat's default; the graded loops and the quality measures
+# render a bare user turn, `chat_ids`). Without a system turn SmolLM2's template puts in
+# its own identity line, under which FP32 itself prefers "The capital of France is Paris"
+# to "L'Étoile, ..." by only 0.08 logits, a toss any INT8 rounding turns; asked for direct
+# answers it prefers it by 0.92, and FP32 answers 15 of 22 questions with a known answer
+# against 12 (the held-out set and 16 others; README, "The chat's system prompt").
+CHAT_SYSTEM = "You are a helpful assistant. Answer questions directly and briefly."
 
 
 def _data(name: str) -> dict:

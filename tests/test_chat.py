@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from labkit import chat as chat_module
-from labkit import generate, runtime
+from labkit import generate, prompts, runtime
 from labkit.chat import Chat
 from labkit.chat_box import ChatBox
 
@@ -56,7 +56,8 @@ def test_turns_build_on_the_history(chat, tiny):
     first = chat.send("Hello there")
     second = chat.send("And then?")
     assert [t.role for t in chat.transcript] == ["user", "assistant", "user", "assistant"]
-    history = [{"role": "user", "content": "Hello there"}, {"role": "assistant", "content": first.text},
+    history = [{"role": "system", "content": prompts.CHAT_SYSTEM},
+               {"role": "user", "content": "Hello there"}, {"role": "assistant", "content": first.text},
                {"role": "user", "content": "And then?"}]
     assert Recording.prompts[1] == rendered(tiny.tokenizer, history)
     assert chat.transcript[3].text == second.text
@@ -149,6 +150,20 @@ def test_the_transcript_saves_as_markdown(chat, tmp_path, tiny_onnx):
     assert f"计算图：{tiny_onnx}" in text and f"graph: {tiny_onnx}" in text  # which graph answered
     assert "模型：tiny" in text and "model: tiny" in text and "no_repeat_ngram=4" in text
     assert "**你 You**: Hello" in text and f"**tiny**: {reply.text}" in text
+    assert f"system prompt: {prompts.CHAT_SYSTEM}" in text
+
+
+def test_the_system_prompt_is_the_labs_unless_changed(session, tiny):
+    Recording.prompts = []
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    for system, expected in ((prompts.CHAT_SYSTEM, [{"role": "system", "content": prompts.CHAT_SYSTEM}]),
+                             ("Be terse.", [{"role": "system", "content": "Be terse."}]), (None, []), ("", [])):
+        conversation = Chat(session, tiny.tokenizer, max_new_tokens=2, loop=Recording,
+                            **({} if system == prompts.CHAT_SYSTEM else {"system": system}))
+        conversation.send(question[0]["content"])
+        assert Recording.prompts[-1] == rendered(tiny.tokenizer, expected + question)
+    assert rendered(tiny.tokenizer, question) != rendered(tiny.tokenizer, [{"role": "system", "content": "Be terse."}]
+                                                          + question)
 
 
 def test_the_chat_box_runs_headless(chat, tmp_path):
@@ -184,7 +199,7 @@ def test_the_terminal_chat(chat, tmp_path):
     printed = "".join(out)
     assert "[请先输入一条消息 / type a message first]" in printed and "tiny> [" not in printed
     assert chat.transcript[-1].text in printed
-    assert "tokens/s" in printed
+    assert "tokens/s" in printed and f"system prompt: {prompts.CHAT_SYSTEM}" in printed
     assert (tmp_path / "term.md").read_text(encoding="utf-8").count("Hello terminal") == 1
 
 
@@ -216,3 +231,15 @@ def test_the_chat_box_shows_the_guard_and_turns_it_off(chat):
     box.guard.value = False
     box.send("Hello", wait=True)
     assert chat.sampling.no_repeat_ngram == 0 and chat.sampling.repetition_penalty == 1.0
+
+
+def test_the_chat_box_shows_the_system_prompt_and_changes_it(chat):
+    box = ChatBox(chat)
+    assert box.system.value == prompts.CHAT_SYSTEM and "system prompt" in box.system.description
+    box.system.value = "  Answer in one word.  "
+    box.send("Hello", wait=True)
+    assert chat.system == "Answer in one word."
+    assert "Answer in one word." in chat.tokenizer.decode(Recording.prompts[-1])
+    box.system.value = " "
+    box.send("Hello again", wait=True)
+    assert chat.system is None and "Answer in one word." not in chat.tokenizer.decode(Recording.prompts[-1])

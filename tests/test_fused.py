@@ -117,10 +117,19 @@ def test_the_terminal_chat_talks_through_a_fused_graph(default_model, monkeypatc
     from labkit import chat
     from labkit.__main__ import main
 
-    lines, terminal = iter([QUESTION, "/quit"]), chat.run_terminal
-    monkeypatch.setattr(chat, "run_terminal", lambda conversation: terminal(conversation, read=lambda _: next(lines)))
+    from labkit.prompts import CHAT_SYSTEM
+
+    lines, terminal, systems = iter([QUESTION, "/quit", "/quit"]), chat.run_terminal, []
+
+    def run(conversation):
+        systems.append(conversation.system)
+        terminal(conversation, read=lambda _: next(lines))
+
+    monkeypatch.setattr(chat, "run_terminal", run)
     assert main(["chat", "--graph", "fused-fp32", "--max-tokens", "12"]) == 0
     assert "Paris" in capsys.readouterr().out  # FP32's answer, as PyTorch gives it
+    assert main(["chat", "--graph", "fused-fp32", "--system", ""]) == 0
+    assert systems == [CHAT_SYSTEM, None]
 
 
 @pytest.mark.parametrize("tied", [True, False])

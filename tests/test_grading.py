@@ -27,6 +27,8 @@ def test_lab_writes_its_report(tmp_path, capsys):
     assert main(["lab", "--out", str(tmp_path), "--lengths", "256", "--no-peers"]) == 0
     report = (tmp_path / "report.md").read_text()
     assert "Paris" in report and "greedy 32 tokens identical on 3/3" in report
+    chats = report.split("## 04 Chat")[1].split("## 05")[0]
+    assert "Paris" in chats.split("### INT8, KV cache")[1]  # under the chat's system turn (issue 17)
     quant = report.split("## 03 INT8 static quantization")[1].split("## 04")[0]
     assert "| FP32 | 542." in quant and "(100.0%)" in quant and "| INT8 | 1" in quant
     bench = report.split("## 05")[1]
