@@ -31,21 +31,21 @@ def _stamped(key: str, value: str) -> Callable:
     return lambda graph: metadata(graph).get(key) == value
 
 
-def _todays_recipe(**values) -> Callable:
+def _todays_recipe(cached: bool = False) -> Callable:
     def current(graph) -> bool:
-        from .quantize import built_with_todays_recipe
+        from .quantize import built_with_the_kv_recipe, built_with_todays_recipe
 
-        return built_with_todays_recipe(graph, **values)
+        return built_with_the_kv_recipe(graph) if cached else built_with_todays_recipe(graph)
     return current
 
 
 # What a loaded graph must carry to be reused. A KV graph exported with transformers'
 # attention runs, but its INT8 decode steps are not bit-identical to whole-sequence
 # passes (attention.py): rebuild it. A static INT8 graph carries a recipe with today's
-# choices, the KV graph's with lm_head's scale per call (quantize.lab_recipe).
+# choices, the KV graph's with its own (quantize.lab_recipe).
 CURRENT = {"kv-fp32": _stamped(attention.METADATA_KEY, attention.NAME),
            **{v: _stamped(*fused.stamp(v)) for v in fused.PRECISIONS},
-           "int8": _todays_recipe(), "kv-int8": _todays_recipe(dynamic_head=True)}
+           "int8": _todays_recipe(), "kv-int8": _todays_recipe(cached=True)}
 
 
 def path(loaded, variant: str) -> Path:

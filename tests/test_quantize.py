@@ -108,16 +108,24 @@ def test_lm_head_may_quantize_its_input_with_a_scale_of_each_call(tmp_path, tiny
 
 @pytest.mark.parametrize("variant, edit", [
     ("int8", lambda recipe: {k: v for k, v in recipe.items() if k != "dynamic_head"}),
-    ("kv-int8", lambda recipe: {**recipe, "dynamic_head": False})], ids=["a field missing", "kv, calibrated lm_head"])
+    ("kv-int8", lambda recipe: {**recipe, "dynamic_head": False}),
+    ("kv-int8", lambda recipe: {**recipe, "weight_only": [n for n in recipe["weight_only"]
+                                                          if n != "model.layers.0.mlp.down_proj"]})],
+    ids=["a field missing", "kv, calibrated lm_head", "kv, a static down_proj"])
 def test_a_graph_of_an_older_recipe_is_rebuilt(variant, edit, tiny, monkeypatch, tmp_path):
     """A static INT8 graph whose recipe lacks one of today's choices is not reused, nor a
-    KV graph built without lm_head's per-call scale (quantize.lab_recipe)."""
+    KV graph built without lm_head's per-call scale or with a down_proj static
+    (quantize.lab_recipe)."""
     from labkit import artifacts, paths
 
     monkeypatch.setenv(paths.ARTIFACTS_ENV, str(tmp_path))
     built = artifacts.ensure(tiny, variant)
     assert artifacts.is_valid(tiny, variant)
-    assert quantize.recipe_of(onnx.load(built, load_external_data=False))["dynamic_head"] == (variant == "kv-int8")
+    recipe = quantize.recipe_of(onnx.load(built, load_external_data=False))
+    assert recipe["dynamic_head"] == (variant == "kv-int8")
+    if variant == "kv-int8":
+        assert {f"model.layers.{i}.mlp.down_proj" for i in range(tiny.model.config.num_hidden_layers)} \
+            <= set(recipe["weight_only"])
     graph = onnx.load(built, load_external_data=False)
     entry = next(p for p in graph.metadata_props if p.key == quantize.RECIPE_KEY)
     entry.value = json.dumps(edit(json.loads(entry.value)))
