@@ -17,7 +17,8 @@ import numpy as np
 # its own identity line, under which FP32 itself prefers "The capital of France is Paris"
 # to "L'Étoile, ..." by only 0.08 logits, a toss any INT8 rounding turns; asked for direct
 # answers it prefers it by 0.92, and FP32 answers 15 of 22 questions with a known answer
-# against 12 (the held-out set and 16 others; README, "The chat's system prompt").
+# against 12 (the held-out set and 16 others; README, "The chat's system prompt and
+# repetition guard").
 CHAT_SYSTEM = "You are a helpful assistant. Answer questions directly and briefly."
 
 
