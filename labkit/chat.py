@@ -101,6 +101,11 @@ class Chat:
             self._notice(say("chat.looping", sep=" "))
         return result
 
+    @property
+    def system_shown(self) -> str:
+        """The system turn as the transcript and the terminal name it."""
+        return self.system or messages.label("chat.template_system")
+
     def stop(self) -> None:
         """Ask a running `send` to finish after the current token (safe from another thread)."""
         self._stop.set()
@@ -123,7 +128,7 @@ class Chat:
         path = Path(path)
         about = say("chat.transcript_about", sep="  \n", model=self.label, graph=self.graph,
                     sampling=", ".join(f"{k}={v}" for k, v in asdict(self.sampling).items() if k != "seed"),
-                    system=self.system or messages.label("chat.template_system"),
+                    system=self.system_shown,
                     when=time.strftime("%Y-%m-%d %H:%M"))
         path.write_text(f"# {messages.label('chat.title', label=self.label)}\n\n{about}\n\n" + self.markdown(),
                         encoding="utf-8")
@@ -151,7 +156,7 @@ class Chat:
 def run_terminal(chat: Chat, read=input, write=print) -> None:
     """The chat in a terminal: Ctrl-C stops a reply, /clear, /save [path], /quit."""
     write(f"{messages.label('chat.title', label=chat.label)}. {say('chat.terminal_help', sep=' ')}")
-    write(f"{messages.label('chat.system')}: {chat.system or messages.label('chat.template_system')}")
+    write(f"{messages.label('chat.system')}: {chat.system_shown}")
     shown = 0
     while True:
         for turn in chat.transcript[shown:]:  # notices from loading or from the last message

@@ -97,12 +97,14 @@ def recipe_of(graph: onnx.ModelProto) -> dict:
     return fields if isinstance(fields, dict) else {}
 
 
-def built_with_todays_recipe(graph: onnx.ModelProto, **values) -> bool:
-    """The graph's recipe names every choice today's Recipe has, `values` among them: a graph
-    built before a choice was added, or with another value of it, is rebuilt, not reused."""
-    recipe = recipe_of(graph)
-    return (set(recipe) == {f.name for f in dataclasses.fields(Recipe)}
-            and all(recipe[k] == v for k, v in values.items()))
+def built_with_todays_recipe(graph: onnx.ModelProto) -> bool:
+    """The graph's recipe names every choice today's Recipe has: a graph built before a
+    choice was added is rebuilt, not reused."""
+    return _names_every_choice(recipe_of(graph))
+
+
+def _names_every_choice(recipe: dict) -> bool:
+    return set(recipe) == {f.name for f in dataclasses.fields(Recipe)}
 
 
 def built_with_the_kv_recipe(graph: onnx.ModelProto) -> bool:
@@ -110,9 +112,10 @@ def built_with_the_kv_recipe(graph: onnx.ModelProto) -> bool:
     every layer's down_proj weight-only (a layer per past key input)."""
     from .export_kv import PAST
 
+    recipe = recipe_of(graph)
     layers = sum(i.name.startswith(PAST) and i.name.endswith(".key") for i in graph.graph.input)
-    down = [name for name in recipe_of(graph).get("weight_only", []) if name.endswith("mlp.down_proj")]
-    return built_with_todays_recipe(graph, dynamic_head=True) and layers > 0 and len(down) == layers
+    down = [name for name in recipe.get("weight_only", []) if name.endswith("mlp.down_proj")]
+    return _names_every_choice(recipe) and recipe["dynamic_head"] is True and layers > 0 and len(down) == layers
 
 
 # ONNX Runtime's defaults: int8 activations, one scale per tensor, every MatMul.
