@@ -150,5 +150,5 @@ class PrepareShared(NbGraderPreprocessor):
     def preprocess(self, nb, resources):
         from . import referee
 
-        referee.prepare(resources.get("unique_key") or "")
+        referee.prepare(resources.get("unique_key") or "", resources.get("nbgrader", {}).get("student", ""))
         return nb, resources

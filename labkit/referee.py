@@ -146,10 +146,17 @@ class Child:
         self.selector.register(self.replies, selectors.EVENT_READ)
         self.buffer = b""
         self._send({"guard": None if isolated else str(lockdown.PACKAGE)})
-        self._receive(CHILD_START_S)
+        self.ready = False  # its "ready" is read before the first request (`_wait_ready`)
+
+    def _wait_ready(self) -> None:
+        """The child is started without waiting for its imports (`prepare`)."""
+        if not self.ready:
+            self._receive(CHILD_START_S)
+            self.ready = True
 
     def notebook(self, prelude: str, context: dict, cells: list[str], cell_s: float = CELL_S) -> None:
         """Run the next notebook's prelude and the student's cells in a fresh namespace."""
+        self._wait_ready()
         self.hits = []
         self._send({"prelude": prelude, "context": wire.encode(context), "cells": cells, "cell_s": cell_s})
         self.cells = self._receive(CHILD_START_S + cell_s * len(cells) + GRACE_S)["cells"]
@@ -198,6 +205,7 @@ class Child:
 
     def run(self, code: str, timeout: float = PROBE_S, **inputs) -> Reply:
         """Evaluate `code` (an expression over the student's names; `probe` holds `inputs`)."""
+        self._wait_ready()
         started = time.perf_counter()
         self._send({"code": code, "inputs": wire.encode(inputs), "seconds": timeout})
         message = self._receive(timeout + GRACE_S)
@@ -259,13 +267,21 @@ def student_cells(nb) -> list[str]:
     return cells
 
 
-def prepare(name: str) -> None:
-    """Build, in this trusted process, what notebook `name`'s kernel will read from the shared
-    folder: the sandboxed kernel sees that folder read-only."""
+def prepare(name: str, student: str = "") -> None:
+    """Before notebook `name` of `student`'s submission runs: start the submission's child,
+    whose imports then overlap this preparation and the kernel, and build, in this trusted
+    process, what the kernel will read from the shared folder (it sees that folder read-only).
+    With the child's imports done here (`referee_child.PRELOADED`), its part of grading one
+    notebook 01 fell from 6.3-7.0 s to 4.5 s, and the whole notebook, graded alone with the
+    kernel stopped at once (nbgrader_config.py), from 22.1 s to 14.6 s (VNNI, 2 threads)."""
     from . import verdicts
 
     spec = verdicts.NOTEBOOKS.get(name)
-    if spec is not None and spec.prepare is not None:
+    if spec is None:
+        return
+    with contextlib.suppress(ChildGone):  # grade_notebook says so, or starts another
+        child_for(student)
+    if spec.prepare is not None:
         with trusted_artifacts():
             spec.prepare()
 

@@ -12,6 +12,7 @@ right or wrong answer.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import signal
@@ -19,6 +20,12 @@ import sys
 import traceback
 
 from . import lockdown, wire
+
+# What every notebook's prelude imports, loaded before the first notebook arrives: the referee
+# starts its child before the student's kernel runs (`referee.prepare`), so these imports
+# overlap the kernel instead of adding to the grading time. Third-party only: labkit's own
+# modules are imported by the preludes, after the lockdown.
+PRELOADED = ("numpy", "torch", "transformers", "onnx", "onnxruntime")
 
 
 def _error(exc: BaseException) -> str:
@@ -72,6 +79,8 @@ def main(fd: int) -> None:
     original = json.loads(sys.stdin.readline()).get("guard")
     if original:  # no sandbox: labkit's original files are on disk, so fence them off
         lockdown.guard(original)
+    for module in PRELOADED:
+        importlib.import_module(module)
     send({"ready": True})
     namespace: dict = {}
     for line in sys.stdin:

@@ -148,12 +148,14 @@ CASES = {
                     [("test-weight-bytes", dict(source="assert True"))], without("test-weight-bytes"),
                     ["test-weight-bytes: AssertionError", "fp16 每个权重占 2 字节", WEIGHT_BYTES_MESSAGE], []),
     "renamed": ({}, [("rename", {})], 0, ["01_env: not submitted (handed in: 01_env-Copy1.ipynb)"], []),
-    "raises": ({"weight-bytes": 'raise RuntimeError("I broke it")'}, [], without("test-weight-bytes"),
-               ["weight-bytes: RuntimeError: I broke it", "name 'weight_bytes' is not defined"], []),
+    # One cell raises, another runs out of memory: each costs its own task only.
+    "raises": ({"weight-bytes": 'raise RuntimeError("I broke it")',
+                "count-tokens": "import numpy as np\nhog = [np.ones(2**25) for _ in range(10**6)]\n" + OTHER_COUNT_TOKENS},
+               [], without("test-weight-bytes", "test-count-tokens"),
+               ["weight-bytes: RuntimeError: I broke it", "name 'weight_bytes' is not defined",
+                "count-tokens: MemoryError", "raised NameError"], []),
     "loops": ({"param-count": "while True:\n    pass\n" + OTHER_PARAM_COUNT}, [], without("test-param-count"),
               ["param-count: CellTimeoutError", f"TimeoutError: stopped after {LIMITS.cell_s} s"], []),
-    "memory": ({"count-tokens": "import numpy as np\nhog = [np.ones(2**25) for _ in range(10**6)]\n"
-                + OTHER_COUNT_TOKENS}, [], without("test-count-tokens"), ["count-tokens: MemoryError", "raised NameError"], []),
     # Changing the referee: the kernel's checks made no-ops and its errors hidden. The score is
     # the referee's, and the attempt is flagged. (The referee's child has no IPython: the
     # hiding raises there, after the wrong answer is defined.)
@@ -223,25 +225,6 @@ def test_the_summary_counts_the_flagged_submissions(graded):
     assert sorted(grading.flagged(table.reset_index())) == sorted(s for s, case in CASES.items() if case[-1])
 
 
-def test_submissions_graded_at_once_keep_their_own_files(tmp_path):
-    root = course.make_course(tmp_path, notebooks=[NB])
-    assert course.grading_api(root).generate_assignment(course.ASSIGNMENT)["success"]
-    _submit(root, "writer_a", {"weight-bytes": writes_artifacts("writer_a")}, [])
-    _submit(root, "writer_b", {"weight-bytes": writes_artifacts("writer_b")}, [])
-    table = grading.grade_class(root, workers=2, limits=LIMITS, progress=False)
-    assert table["problems"].tolist() == ["", ""]
-    assert course.submission_scores(root) == {"writer_a": (FULL, FULL), "writer_b": (FULL, FULL)}
-    windows = []
-    for student in ("writer_a", "writer_b"):
-        nb = nbformat.read(root / "autograded" / student / course.ASSIGNMENT / NB, as_version=4)
-        line = next(o["text"] for c in nb.cells for o in c.get("outputs", []) if "WINDOW" in o.get("text", ""))
-        _, start, end, _, others = line.split(maxsplit=4)
-        windows.append((float(start), float(end)))
-        assert others.strip() == "[]"  # no other submission's scratch course in sight
-    (a_start, a_end), (b_start, b_end) = windows
-    assert a_start < b_end and b_start < a_end, "the two were not graded at the same time"
-
-
 def test_the_summary_is_written_as_csv(graded):
     import pandas as pd
 
@@ -269,24 +252,35 @@ def test_merged_grades_equal_nbgrader_run_in_the_course(graded):
     assert grades() == merged
 
 
-def test_regrading_one_student_gives_the_same_score(graded):
+def test_a_second_batch_regrades_stops_the_overlong_and_keeps_each_submissions_files(graded):
+    """After the class: the solver regraded keeps full marks; the looping submission, over a
+    60 s limit for the whole submission, is stopped and the batch goes on; and two new
+    submissions graded at the same moment each read back their own artifacts file. One batch
+    of four on three workers: the writers and the looping one start at once, the solver
+    follows (102 s on two workers, the loop waiting for a writer)."""
     root, table = graded
-    again = grading.grade_class(root, students=["solver"], workers=1, limits=LIMITS, progress=False,
-                                csv=root / "regrade.csv")
-    assert again.loc[0, "score"] == table.loc["solver", "score"] == FULL
-    assert course.submission_scores(root)["solver"] == (FULL, FULL)
-
-
-def test_a_submission_over_its_time_limit_is_stopped_and_the_batch_goes_on(graded):
-    root, _ = graded
+    for writer in ("writer_a", "writer_b"):
+        _submit(root, writer, {"weight-bytes": writes_artifacts(writer)}, [])
     slow = grading.Limits(submission_s=60, cell_s=600, memory_gb=6)
-    table = grading.grade_class(root, students=["loops", "solver"], workers=2, limits=slow,
-                                progress=False, csv=root / "slow.csv").set_index("student")
-    assert table.loc["loops", "status"] == "timed out"
-    assert "stopped at the 60 s limit" in table.loc["loops", "problems"]
-    assert course.submission_scores(root)["loops"] == (0, FULL)
-    assert table.loc["solver", "score"] == FULL
+    again = grading.grade_class(root, students=["writer_a", "writer_b", "loops", "solver"], workers=3,
+                                limits=slow, progress=False, csv=root / "second.csv").set_index("student")
+    assert again.loc["solver", "score"] == table.loc["solver", "score"] == FULL
+    assert again.loc["loops", "status"] == "timed out"
+    assert "stopped at the 60 s limit" in again.loc["loops", "problems"]
     assert _processes_in("labkit-grade-loops-") == []  # the looping kernel did not outlive its limit
+    scores = course.submission_scores(root)
+    assert scores["solver"] == scores["writer_a"] == scores["writer_b"] == (FULL, FULL)
+    assert scores["loops"] == (0, FULL)
+    assert again.loc[["writer_a", "writer_b"], "problems"].tolist() == ["", ""]
+    windows = []
+    for student in ("writer_a", "writer_b"):
+        nb = nbformat.read(root / "autograded" / student / course.ASSIGNMENT / NB, as_version=4)
+        line = next(o["text"] for c in nb.cells for o in c.get("outputs", []) if "WINDOW" in o.get("text", ""))
+        _, start, end, _, others = line.split(maxsplit=4)
+        windows.append((float(start), float(end)))
+        assert others.strip() == "[]"  # no other submission's scratch course in sight
+    (a_start, a_end), (b_start, b_end) = windows
+    assert a_start < b_end and b_start < a_end, "the two were not graded at the same time"
 
 
 def _processes_in(folder_prefix: str) -> list:

@@ -106,33 +106,38 @@ def test_lm_head_may_quantize_its_input_with_a_scale_of_each_call(tmp_path, tiny
     assert error(per_call) <= error(int8)
 
 
-@pytest.mark.parametrize("variant, edit", [
-    ("int8", lambda recipe: {k: v for k, v in recipe.items() if k != "dynamic_head"}),
-    ("kv-int8", lambda recipe: {**recipe, "dynamic_head": False}),
-    ("kv-int8", lambda recipe: {**recipe, "weight_only": [n for n in recipe["weight_only"]
-                                                          if n != "model.layers.0.mlp.down_proj"]})],
-    ids=["a field missing", "kv, calibrated lm_head", "kv, a static down_proj"])
-def test_a_graph_of_an_older_recipe_is_rebuilt(variant, edit, tiny, monkeypatch, tmp_path):
+OLDER_RECIPES = {  # variant: the edits that turn its graph's recipe into an older one
+    "int8": {"a field missing": lambda recipe: {k: v for k, v in recipe.items() if k != "dynamic_head"}},
+    "kv-int8": {"calibrated lm_head": lambda recipe: {**recipe, "dynamic_head": False},
+                "a static down_proj": lambda recipe: {**recipe, "weight_only": [
+                    n for n in recipe["weight_only"] if n != "model.layers.0.mlp.down_proj"]}}}
+
+
+@pytest.mark.parametrize("variant", OLDER_RECIPES)
+def test_a_graph_of_an_older_recipe_is_rebuilt(variant, tiny, monkeypatch, tmp_path):
     """A static INT8 graph whose recipe lacks one of today's choices is not reused, nor a
     KV graph built without lm_head's per-call scale or with a down_proj static
-    (quantize.lab_recipe)."""
+    (quantize.lab_recipe). Each older recipe is refused, today's accepted again; the
+    graph is rebuilt once, from the last of them (a rebuild does not depend on why)."""
     from labkit import artifacts, paths
 
     monkeypatch.setenv(paths.ARTIFACTS_ENV, str(tmp_path))
     built = artifacts.ensure(tiny, variant)
     assert artifacts.is_valid(tiny, variant)
-    recipe = quantize.recipe_of(onnx.load(built, load_external_data=False))
-    assert recipe["dynamic_head"] == (variant == "kv-int8")
-    if variant == "kv-int8":
-        assert {f"model.layers.{i}.mlp.down_proj" for i in range(tiny.model.config.num_hidden_layers)} \
-            <= set(recipe["weight_only"])
     graph = onnx.load(built, load_external_data=False)
     entry = next(p for p in graph.metadata_props if p.key == quantize.RECIPE_KEY)
-    entry.value = json.dumps(edit(json.loads(entry.value)))
-    onnx.save(graph, built)
-    assert not artifacts.is_valid(tiny, variant)
+    today = json.loads(entry.value)
+    assert today["dynamic_head"] == (variant == "kv-int8")
+    if variant == "kv-int8":
+        assert {f"model.layers.{i}.mlp.down_proj" for i in range(tiny.model.config.num_hidden_layers)} \
+            <= set(today["weight_only"])
+    for older, edit in OLDER_RECIPES[variant].items():
+        entry.value = json.dumps(edit(today))
+        onnx.save(graph, built)
+        assert not artifacts.is_valid(tiny, variant), older
     artifacts.ensure(tiny, variant)
     assert artifacts.is_valid(tiny, variant)
+    assert quantize.recipe_of(onnx.load(built, load_external_data=False)) == today
 
 
 def test_weight_only_layer_keeps_float_activations(int8):
