@@ -350,3 +350,21 @@ def test_a_cache_wrapper_that_drops_the_past_loses_only_its_task(tmp_path):
     assert score == sum(points.values()) - points["test-kv-wrapper"]
     assert "tokens" in report.verdicts["test-kv-wrapper"].message
     assert report.integrity == []
+
+
+@pytest.mark.slow
+def test_the_child_starts_before_the_kernel_and_then_grades_the_notebook(tmp_path):
+    """nbgrader's preparation step starts the submission's child without waiting for its
+    imports, which then overlap the kernel; the referee grades with that same child. A
+    notebook that is not the lab's starts none."""
+    referee.prepare("my_own_notebook", "early")
+    assert "early" not in referee._CHILDREN
+    referee.prepare("01_env", "early")
+    child = referee._CHILDREN["early"]
+    assert child.ready is False and child.proc.poll() is None
+    try:
+        report, score, points = _grade(tmp_path, "01_env", {}, "early")
+        assert referee._CHILDREN["early"] is child and child.ready
+        assert score == sum(points.values()) and report.integrity == []
+    finally:
+        referee._CHILDREN.pop("early").close()
