@@ -225,6 +225,25 @@ def test_the_summary_counts_the_flagged_submissions(graded):
     assert sorted(grading.flagged(table.reset_index())) == sorted(s for s, case in CASES.items() if case[-1])
 
 
+def test_submissions_graded_at_once_keep_their_own_files(tmp_path):
+    root = course.make_course(tmp_path, notebooks=[NB])
+    assert course.grading_api(root).generate_assignment(course.ASSIGNMENT)["success"]
+    _submit(root, "writer_a", {"weight-bytes": writes_artifacts("writer_a")}, [])
+    _submit(root, "writer_b", {"weight-bytes": writes_artifacts("writer_b")}, [])
+    table = grading.grade_class(root, workers=2, limits=LIMITS, progress=False)
+    assert table["problems"].tolist() == ["", ""]
+    assert course.submission_scores(root) == {"writer_a": (FULL, FULL), "writer_b": (FULL, FULL)}
+    windows = []
+    for student in ("writer_a", "writer_b"):
+        nb = nbformat.read(root / "autograded" / student / course.ASSIGNMENT / NB, as_version=4)
+        line = next(o["text"] for c in nb.cells for o in c.get("outputs", []) if "WINDOW" in o.get("text", ""))
+        _, start, end, _, others = line.split(maxsplit=4)
+        windows.append((float(start), float(end)))
+        assert others.strip() == "[]"  # no other submission's scratch course in sight
+    (a_start, a_end), (b_start, b_end) = windows
+    assert a_start < b_end and b_start < a_end, "the two were not graded at the same time"
+
+
 def test_the_summary_is_written_as_csv(graded):
     import pandas as pd
 
@@ -252,35 +271,19 @@ def test_merged_grades_equal_nbgrader_run_in_the_course(graded):
     assert grades() == merged
 
 
-def test_a_second_batch_regrades_stops_the_overlong_and_keeps_each_submissions_files(graded):
-    """After the class: the solver regraded keeps full marks; the looping submission, over a
-    60 s limit for the whole submission, is stopped and the batch goes on; and two new
-    submissions graded at the same moment each read back their own artifacts file. One batch
-    of four on three workers: the writers and the looping one start at once, the solver
-    follows (102 s on two workers, the loop waiting for a writer)."""
+def test_a_regrade_stops_a_submission_over_its_time_limit_and_scores_the_others_again(graded):
+    """After the class: the looping submission, over a 60 s limit for the whole submission, is
+    stopped and the batch goes on; the solver, graded again, keeps full marks."""
     root, table = graded
-    for writer in ("writer_a", "writer_b"):
-        _submit(root, writer, {"weight-bytes": writes_artifacts(writer)}, [])
     slow = grading.Limits(submission_s=60, cell_s=600, memory_gb=6)
-    again = grading.grade_class(root, students=["writer_a", "writer_b", "loops", "solver"], workers=3,
-                                limits=slow, progress=False, csv=root / "second.csv").set_index("student")
-    assert again.loc["solver", "score"] == table.loc["solver", "score"] == FULL
+    again = grading.grade_class(root, students=["loops", "solver"], workers=2, limits=slow,
+                                progress=False, csv=root / "slow.csv").set_index("student")
     assert again.loc["loops", "status"] == "timed out"
     assert "stopped at the 60 s limit" in again.loc["loops", "problems"]
+    assert course.submission_scores(root)["loops"] == (0, FULL)
+    assert again.loc["solver", "score"] == table.loc["solver", "score"] == FULL
+    assert course.submission_scores(root)["solver"] == (FULL, FULL)
     assert _processes_in("labkit-grade-loops-") == []  # the looping kernel did not outlive its limit
-    scores = course.submission_scores(root)
-    assert scores["solver"] == scores["writer_a"] == scores["writer_b"] == (FULL, FULL)
-    assert scores["loops"] == (0, FULL)
-    assert again.loc[["writer_a", "writer_b"], "problems"].tolist() == ["", ""]
-    windows = []
-    for student in ("writer_a", "writer_b"):
-        nb = nbformat.read(root / "autograded" / student / course.ASSIGNMENT / NB, as_version=4)
-        line = next(o["text"] for c in nb.cells for o in c.get("outputs", []) if "WINDOW" in o.get("text", ""))
-        _, start, end, _, others = line.split(maxsplit=4)
-        windows.append((float(start), float(end)))
-        assert others.strip() == "[]"  # no other submission's scratch course in sight
-    (a_start, a_end), (b_start, b_end) = windows
-    assert a_start < b_end and b_start < a_end, "the two were not graded at the same time"
 
 
 def _processes_in(folder_prefix: str) -> list:
