@@ -146,20 +146,22 @@ class Child:
         self.selector.register(self.replies, selectors.EVENT_READ)
         self.buffer = b""
         self._send({"guard": None if isolated else str(lockdown.PACKAGE)})
-        self.ready = False  # its "ready" is read before the first request (`_wait_ready`)
+        self.ready = False  # its "ready" is read before the first request (`_ask`)
 
-    def _wait_ready(self) -> None:
-        """The child is started without waiting for its imports (`prepare`)."""
+    def _ask(self, message: dict, timeout: float) -> dict:
+        """One request and its reply. The child is started without waiting for its imports
+        (`prepare`), so its "ready" is read before the first request."""
         if not self.ready:
             self._receive(CHILD_START_S)
             self.ready = True
+        self._send(message)
+        return self._receive(timeout)
 
     def notebook(self, prelude: str, context: dict, cells: list[str], cell_s: float = CELL_S) -> None:
         """Run the next notebook's prelude and the student's cells in a fresh namespace."""
-        self._wait_ready()
         self.hits = []
-        self._send({"prelude": prelude, "context": wire.encode(context), "cells": cells, "cell_s": cell_s})
-        self.cells = self._receive(CHILD_START_S + cell_s * len(cells) + GRACE_S)["cells"]
+        self.cells = self._ask({"prelude": prelude, "context": wire.encode(context), "cells": cells, "cell_s": cell_s},
+                               CHILD_START_S + cell_s * len(cells) + GRACE_S)["cells"]
         for cell in self.cells:
             self.hits += [str(h) for h in cell["hits"]][:20]
 
@@ -205,10 +207,8 @@ class Child:
 
     def run(self, code: str, timeout: float = PROBE_S, **inputs) -> Reply:
         """Evaluate `code` (an expression over the student's names; `probe` holds `inputs`)."""
-        self._wait_ready()
         started = time.perf_counter()
-        self._send({"code": code, "inputs": wire.encode(inputs), "seconds": timeout})
-        message = self._receive(timeout + GRACE_S)
+        message = self._ask({"code": code, "inputs": wire.encode(inputs), "seconds": timeout}, timeout + GRACE_S)
         seconds = time.perf_counter() - started
         hits = [str(h) for h in message.get("hits", [])][:20]
         self.hits += hits
