@@ -25,11 +25,10 @@ c.OverwriteCells.add_missing_cells = True
 # (labkit/nbgrader_plugins.py says why.)
 from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPreprocessor  # noqa: E402
 from nbgrader.preprocessors import (  # noqa: E402
-    AssignLatePenalties, CheckCellMetadata, Execute, GetGrades, IgnorePattern, LimitOutput,
-    SaveAutoGrades)
+    AssignLatePenalties, CheckCellMetadata, GetGrades, IgnorePattern, LimitOutput, SaveAutoGrades)
 
 from labkit.nbgrader_plugins import (  # noqa: E402
-    HideHiddenTests, PrepareShared, Referee, StderrIsNotAFailure)
+    HideHiddenTests, PrepareShared, Referee, StderrIsNotAFailure, TimedExecute)
 
 # Scores come from labkit's referee (labkit/referee.py), which re-checks each graded cell
 # outside the student's kernel; the checks in the notebook are the student's instant feedback.
@@ -37,6 +36,6 @@ from labkit.nbgrader_plugins import (  # noqa: E402
 # other submissions, no network, the shared artifacts read-only (PrepareShared builds them).
 c.Execute.kernel_manager_class = "labkit.nbgrader_plugins.SandboxedKernelManager"
 c.Autograde.autograde_preprocessors = [
-    PrepareShared, Execute, StderrIsNotAFailure, IgnorePattern, ClearMetadataPreprocessor, LimitOutput,
+    PrepareShared, TimedExecute, StderrIsNotAFailure, IgnorePattern, ClearMetadataPreprocessor, LimitOutput,
     Referee, SaveAutoGrades, AssignLatePenalties, CheckCellMetadata]
 c.GenerateFeedback.preprocessors = [GetGrades, HideHiddenTests, CSSHTMLHeaderPreprocessor]

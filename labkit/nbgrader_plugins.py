@@ -2,6 +2,7 @@
 
 Autograde, in order:
 - `PrepareShared`: builds what the notebook reads from the shared artifacts (the kernel cannot).
+- `TimedExecute`: nbgrader's Execute, noting which cells it stopped at the time limit.
 - `SandboxedKernelManager` (Execute's kernel manager): the student's kernel in `labkit.sandbox`.
 - `StderrIsNotAFailure`: nbgrader zeroes a graded cell that wrote anything to stderr; a library
   warning or a debugging print is not a failed check. Only a raised error costs points.
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import nbformat
 from jupyter_client.manager import AsyncKernelManager
-from nbgrader.preprocessors import ClearHiddenTests, NbGraderPreprocessor
+from nbgrader.preprocessors import ClearHiddenTests, Execute, NbGraderPreprocessor
 from nbgrader.utils import is_grade, is_solution
 from traitlets import Integer
 
@@ -56,6 +57,25 @@ class HideHiddenTests(ClearHiddenTests):
             if output.output_type == "error":
                 output.traceback = [f"{output.ename}: {output.evalue}"]
         return cell, resources
+
+
+TIMED_OUT = "labkit_timed_out"  # resources key: indices of the cells stopped at the time limit
+
+
+class TimedExecute(Execute):
+    """nbgrader's Execute, noting the cells it stopped at its time limit in `resources`, which
+    stay in this process: the kernel cannot add a cell to the list or take one off. The
+    referee then gives those cells a short second run (`referee.TIMED_OUT_CELL_S`)."""
+
+    def preprocess(self, nb, resources, *args, **kwargs):
+        self._timed_out = []
+        nb, resources = super().preprocess(nb, resources, *args, **kwargs)
+        resources[TIMED_OUT] = frozenset(self._timed_out)
+        return nb, resources
+
+    async def _async_handle_timeout(self, timeout, cell=None):
+        self._timed_out += [i for i, c in enumerate(self.nb.cells) if c is cell]
+        return await super()._async_handle_timeout(timeout, cell)
 
 
 class SandboxedKernelManager(AsyncKernelManager):
@@ -123,7 +143,7 @@ class Referee(NbGraderPreprocessor):
         folder = Path(resources.get("metadata", {}).get("path") or os.getcwd()).resolve()
         root = sandbox.course_root(folder) or folder
         report = referee.grade_notebook(name, nb, referee.seed(referee.course_key(root), student, name), student,
-                                         self.cell_timeout)
+                                         self.cell_timeout, resources.get(TIMED_OUT, frozenset()))
         if not report.verdicts and name not in referee.known_notebooks():
             return nb, resources  # not one of the lab's notebooks: nbgrader's own grading stands
         for cell in nb.cells:

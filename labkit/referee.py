@@ -44,6 +44,10 @@ CHILD_START_S = 120.0              # importing torch and labkit
 CELL_S = 120.0                     # one student cell in the child (nbgrader's cell timeout when set)
 PROBE_S = 300.0                    # one probe
 GRACE_S = 60.0                     # beyond the child's own limits, before the referee stops it
+# A cell nbgrader already stopped at its time limit has had its time: run again, it gets this
+# long, enough for what it defines before the slow part. Running it for the full limit again
+# doubled what an endless loop cost (notebook 01: 116 s with a 45 s limit, against 26 s).
+TIMED_OUT_CELL_S = 5.0
 
 
 class ChildGone(AssertionError):
@@ -157,11 +161,15 @@ class Child:
         self._send(message)
         return self._receive(timeout)
 
-    def notebook(self, prelude: str, context: dict, cells: list[str], cell_s: float = CELL_S) -> None:
-        """Run the next notebook's prelude and the student's cells in a fresh namespace."""
+    def notebook(self, prelude: str, context: dict, cells: list[str], cell_s: float = CELL_S,
+                 timed_out: list[int] = ()) -> None:
+        """Run the next notebook's prelude and the student's cells in a fresh namespace; the
+        cells at positions `timed_out` get `TIMED_OUT_CELL_S` instead of `cell_s`."""
         self.hits = []
-        self.cells = self._ask({"prelude": prelude, "context": wire.encode(context), "cells": cells, "cell_s": cell_s},
-                               CHILD_START_S + cell_s * len(cells) + GRACE_S)["cells"]
+        limits = [min(cell_s, TIMED_OUT_CELL_S) if n in timed_out else cell_s for n in range(len(cells))]
+        self.cells = self._ask({"prelude": prelude, "context": wire.encode(context), "cells": cells,
+                                "limits": limits, "cell_s": cell_s},
+                               CHILD_START_S + sum(limits) + GRACE_S)["cells"]
         for cell in self.cells:
             self.hits += [str(h) for h in cell["hits"]][:20]
 
@@ -257,14 +265,16 @@ def known_notebooks() -> set[str]:
     return set(verdicts.NOTEBOOKS)
 
 
+def _student_indices(nb) -> list[int]:
+    """Where the code the student wrote is: solution cells and cells they added, in order."""
+    return [i for i, cell in enumerate(nb.cells)
+            if cell.cell_type == "code" and (cell.metadata.get("nbgrader", {}).get("solution")
+                                             or not cell.metadata.get("nbgrader"))]
+
+
 def student_cells(nb) -> list[str]:
     """The code the student wrote: solution cells and cells they added, in order."""
-    cells = []
-    for cell in nb.cells:
-        meta = cell.metadata.get("nbgrader", {})
-        if cell.cell_type == "code" and (meta.get("solution") or not meta):
-            cells.append(cell.source)
-    return cells
+    return [nb.cells[i].source for i in _student_indices(nb)]
 
 
 def prepare(name: str, student: str = "") -> None:
@@ -304,8 +314,11 @@ def child_for(student: str) -> Child:
 atexit.register(lambda: [c.close() for c in _CHILDREN.values()])
 
 
-def grade_notebook(name: str, nb, draw_seed: int, student: str = "", cell_s: float = CELL_S) -> Report:
-    """The verdict of every graded cell of notebook `name` (e.g. '01_env') the referee knows."""
+def grade_notebook(name: str, nb, draw_seed: int, student: str = "", cell_s: float = CELL_S,
+                   timed_out: frozenset[int] = frozenset()) -> Report:
+    """The verdict of every graded cell of notebook `name` (e.g. '01_env') the referee knows.
+    `timed_out`: indices in `nb.cells` of the cells nbgrader stopped at its time limit
+    (`nbgrader_plugins.TimedExecute`); the child runs those again for `TIMED_OUT_CELL_S` only."""
     import numpy as np
 
     from . import verdicts
@@ -319,7 +332,8 @@ def grade_notebook(name: str, nb, draw_seed: int, student: str = "", cell_s: flo
         ctx = spec.context(rng)
     try:
         child = child_for(student)
-        child.notebook(spec.prelude, ctx.for_child, student_cells(nb), cell_s)
+        stopped = [n for n, i in enumerate(_student_indices(nb)) if i in timed_out]
+        child.notebook(spec.prelude, ctx.for_child, student_cells(nb), cell_s, stopped)
     except ChildGone as exc:
         report.verdicts = {gid: Verdict(False, str(exc)) for gid in spec.tasks}
         return report

@@ -37,11 +37,11 @@ def _error(exc: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _time_limit(seconds: float):
+def _time_limit(seconds: float, why: str = ""):
     """TimeoutError in the student's code after `seconds` (an honest endless loop costs one
     cell or probe; code that defeats this is stopped by the referee's own deadline)."""
     def expire(*_):
-        raise TimeoutError(f"stopped after {seconds:.0f} s")
+        raise TimeoutError(f"stopped after {seconds:.0f} s{why}")
 
     previous = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)
@@ -63,8 +63,10 @@ def _run_cells(setup: dict) -> tuple[dict, list[dict]]:
     cells = []
     for i, code in enumerate(setup["cells"]):
         before = len(lockdown.HITS)
+        limit = setup["limits"][i]
+        why = "" if limit == setup["cell_s"] else f" (it had already run past the {setup['cell_s']:.0f} s limit in your notebook)"
         try:
-            with _time_limit(setup["cell_s"]):
+            with _time_limit(limit, why):
                 exec(compile(code, f"<cell {i + 1}>", "exec"), namespace)
             cells.append({"ok": True})
         except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt too: the cell failed

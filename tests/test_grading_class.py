@@ -8,7 +8,7 @@ import nbformat
 import pytest
 from nbgrader.api import Gradebook
 
-from labkit import course, grading
+from labkit import course, grading, referee
 from conftest import REPO
 from nbgrader_course import edit_cell, graded_points, solution_lines
 
@@ -109,7 +109,7 @@ for path in found:
     except OSError as exc:
         print(path, exc)
 print("FOUND", len(found))
-""" + OTHER_WEIGHT_BYTES
+"""
 DELEGATE_PARAM_COUNT = {
     "direct": "import labkit\nqwen3_param_count = labkit.param_count\n",
     "source": "import sys, types\nimport labkit.models\ncopy = sys.modules['labkit.copy'] = types.ModuleType('labkit.copy')\n"
@@ -139,13 +139,12 @@ CASES = {
     # Written unlike the reference, one of them printing warnings to stderr: full marks.
     "different": ({"weight-bytes": OTHER_WEIGHT_BYTES, "param-count": OTHER_PARAM_COUNT,
                    "count-tokens": NOISY_COUNT_TOKENS}, [], FULL, [], []),
-    # A test cell deleted, another turned into markdown: both restored from the gradebook.
-    "tests_removed": ({}, [("test-weight-bytes", dict(delete=True)), ("test-param-count", dict(cell_type="markdown"))],
-                      FULL, [], []),
-    # A wrong answer with its test cell edited to pass: the test is restored, the message is
-    # Chinese first, then English.
-    "edited_test": ({"weight-bytes": WRONG_WEIGHT_BYTES},
-                    [("test-weight-bytes", dict(source="assert True"))], without("test-weight-bytes"),
+    # The test cells edited: a wrong answer's test made to pass, another test deleted, a third
+    # turned into markdown. All three come back from the gradebook; only the wrong answer
+    # costs points, with a message in Chinese first, then English.
+    "edits_tests": ({"weight-bytes": WRONG_WEIGHT_BYTES},
+                    [("test-weight-bytes", dict(source="assert True")), ("test-param-count", dict(delete=True)),
+                     ("test-count-tokens", dict(cell_type="markdown"))], without("test-weight-bytes"),
                     ["test-weight-bytes: AssertionError", "fp16 每个权重占 2 字节", WEIGHT_BYTES_MESSAGE], []),
     "renamed": ({}, [("rename", {})], 0, ["01_env: not submitted (handed in: 01_env-Copy1.ipynb)"], []),
     # One cell raises, another runs out of memory: each costs its own task only.
@@ -155,15 +154,17 @@ CASES = {
                ["weight-bytes: RuntimeError: I broke it", "name 'weight_bytes' is not defined",
                 "count-tokens: MemoryError", "raised NameError"], []),
     "loops": ({"param-count": "while True:\n    pass\n" + OTHER_PARAM_COUNT}, [], without("test-param-count"),
-              ["param-count: CellTimeoutError", f"TimeoutError: stopped after {LIMITS.cell_s} s"], []),
+              ["param-count: CellTimeoutError",
+               f"TimeoutError: stopped after {referee.TIMED_OUT_CELL_S:.0f} s (it had already run past the "
+               f"{LIMITS.cell_s} s limit"], []),
     # Changing the referee: the kernel's checks made no-ops and its errors hidden. The score is
     # the referee's, and the attempt is flagged. (The referee's child has no IPython: the
-    # hiding raises there, after the wrong answer is defined.)
-    "tampers": ({"weight-bytes": TAMPER_CHECKS + WRONG_WEIGHT_BYTES + HIDE_ERRORS}, [], without("test-weight-bytes"),
-                ["test-weight-bytes: AssertionError", WEIGHT_BYTES_MESSAGE], ["01_env: cell 1: changing the checks"]),
-    # Reading the answers: nothing of the course is there to read; the attempt is flagged.
-    "answer_hunt": ({"weight-bytes": ANSWER_HUNT}, [], FULL, [],
-                    ["01_env: cell 1: reaching for the instructor's files"]),
+    # hiding raises there, after the wrong answer is defined.) And reading the answers:
+    # nothing of the course is there to read; that attempt is flagged too, and costs nothing.
+    "tampers": ({"weight-bytes": TAMPER_CHECKS + WRONG_WEIGHT_BYTES + HIDE_ERRORS,
+                 "count-tokens": ANSWER_HUNT + OTHER_COUNT_TOKENS}, [], without("test-weight-bytes"),
+                ["test-weight-bytes: AssertionError", WEIGHT_BYTES_MESSAGE],
+                ["01_env: cell 1: changing the checks", "01_env: cell 3: reaching for the instructor's files"]),
     # Calling the reference: qwen3_param_count is labkit.param_count's job. By name, and by
     # its source executed as a new module; an alias, getattr and a reload reach notebooks
     # 02-05's answers in test_referee.py, through the same stubs.
@@ -213,7 +214,7 @@ def test_each_submission_gets_the_score_it_earned(graded, student):
 
 def test_a_hunt_for_the_answers_finds_nothing_to_print(graded):
     root, _ = graded
-    nb = nbformat.read(root / "autograded" / "answer_hunt" / course.ASSIGNMENT / NB, as_version=4)
+    nb = nbformat.read(root / "autograded" / "tampers" / course.ASSIGNMENT / NB, as_version=4)
     printed = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
     assert "FOUND 0" in printed
     secret = solution_lines(root / "source" / course.ASSIGNMENT / NB)
@@ -262,11 +263,11 @@ def test_merged_grades_equal_nbgrader_run_in_the_course(graded):
 
     def grades():
         with Gradebook(f"sqlite:///{root / 'gradebook.db'}") as gb:
-            nb = gb.find_submission_notebook("01_env", course.ASSIGNMENT, "edited_test")
+            nb = gb.find_submission_notebook("01_env", course.ASSIGNMENT, "edits_tests")
             return {g.name: (g.auto_score, g.needs_manual_grade) for g in nb.grades}
 
     merged = grades()
-    result = course.grading_api(root).autograde(course.ASSIGNMENT, "edited_test", force=True)
+    result = course.grading_api(root).autograde(course.ASSIGNMENT, "edits_tests", force=True)
     assert result["success"], result["log"]
     assert grades() == merged
 

@@ -368,3 +368,32 @@ def test_the_child_starts_before_the_kernel_and_then_grades_the_notebook(tmp_pat
         assert score == sum(points.values()) and report.integrity == []
     finally:
         referee._CHILDREN.pop("early").close()
+
+
+@pytest.mark.slow
+def test_a_cell_nbgrader_stopped_at_its_limit_gets_a_short_second_run(tmp_path):
+    """A cell that defines its answer and then loops forever: nbgrader stopped it at the
+    limit, so the child runs it again for TIMED_OUT_CELL_S, not for another full limit, and
+    what it defined before the loop still counts. Another cell, not stopped, keeps the full
+    limit."""
+    import nbformat
+
+    def grade_id(cell):
+        return cell.metadata.get("nbgrader", {}).get("grade_id")
+
+    answers = {grade_id(c): course.solution_code(c.source)
+               for c in nbformat.read(SOURCE / "01_env.ipynb", as_version=4).cells}
+    out = course.write_submission(RELEASE / "01_env.ipynb", SOURCE / "01_env.ipynb", tmp_path / "01_env.ipynb",
+                                  overrides={"param-count": answers["param-count"] + "\nwhile True:\n    pass\n",
+                                             "weight-bytes": "import time\ntime.sleep(8)\n" + answers["weight-bytes"]})
+    nb = nbformat.read(out, as_version=4)
+    stopped = frozenset(i for i, c in enumerate(nb.cells) if grade_id(c) == "param-count")
+    try:
+        report = referee.grade_notebook("01_env", nb, 20261129, "stopped", cell_s=30, timed_out=stopped)
+        assert {g: v.message for g, v in report.verdicts.items() if not v.passed} == {}
+        errors = [c["error"] for c in referee._CHILDREN["stopped"].cells if not c["ok"]]
+    finally:
+        referee._CHILDREN.pop("stopped").close()
+    assert len(errors) == 1 and errors[0].startswith(
+        f"TimeoutError: stopped after {referee.TIMED_OUT_CELL_S:.0f} s "
+        "(it had already run past the 30 s limit in your notebook) (cell 2, line"), errors
