@@ -110,7 +110,7 @@ def _reference(loaded, variant: str) -> Path | None:
 
 
 def _same_files(mine: Path, theirs: Path) -> bool:
-    """The same size and modification time, graph and weights: `_copy` made `mine`."""
+    """The same size and modification time, graph and weights: `copy_graph` made `mine`."""
     def stamps(graph: Path):
         return [(s.st_size, s.st_mtime_ns) for s in (graph.stat(), graph.with_name(graph.name + ".data").stat())]
 
@@ -120,7 +120,7 @@ def _same_files(mine: Path, theirs: Path) -> bool:
         return False
 
 
-def _copy(reference: Path, target: Path) -> Path:
+def copy_graph(reference: Path, target: Path) -> Path:
     """Copy a reference variant's folder, times kept (so it stays newer than its source):
     about a second for SmolLM2's 540 MB fp32 graph, against 33 s to export it."""
     with staged_dir(target.parent, BrokenOnnxFile) as partial:
@@ -139,6 +139,6 @@ def ensure(loaded, variant: str, log: Callable[[str], None] = print) -> Path:
             return path(loaded, variant)
         if reference := _reference(loaded, variant):
             log(f"{variant}: copying {reference.parent}")
-            return _copy(reference, path(loaded, variant))
+            return copy_graph(reference, path(loaded, variant))
         log(f"{variant}: building {path(loaded, variant)}")
         return _build(loaded, variant)

@@ -47,7 +47,7 @@ def _reference_from_this_runs_graphs(loaded) -> None:
         ours = artifacts.ensure(loaded, variant, log=lambda _: None)
         with referee.trusted_artifacts():
             if not artifacts.is_valid(loaded, variant):
-                artifacts._copy(ours, artifacts.path(loaded, variant))
+                artifacts.copy_graph(ours, artifacts.path(loaded, variant))
             assert artifacts.is_valid(loaded, variant)
 
 
@@ -85,3 +85,21 @@ def test_scores_in_the_gradebook(graded):
     assert total > auto  # the written answers wait for a person: autograde gives them nothing yet
     assert scores["solver"] == (auto, total)
     assert scores["blank"] == (0, total)
+
+
+def test_the_referee_applies_the_labs_recipe_by_copying_its_own_int8(graded, default_model):
+    """The solution's recipe is the lab's, which the referee had already applied to the same
+    float graph for notebook 04: its graph for the recipe is a copy of that int8 (copied with
+    its times kept), not another build."""
+    from labkit import quantize
+    from labkit.onnx_graph import load_graph
+
+    with referee.trusted_artifacts():
+        lab = artifacts.path(default_model, "int8")
+    lab_recipe = quantize.recipe_of(load_graph(lab))
+    built = [p for p in (referee.private_dir() / "recipes").glob(f"*/{lab.name}")
+             if quantize.recipe_of(load_graph(p)) == lab_recipe]
+    assert len(built) == 1
+    for name in (lab.name, lab.name + ".data"):
+        mine, theirs = built[0].with_name(name).stat(), lab.with_name(name).stat()
+        assert (mine.st_size, mine.st_mtime_ns) == (theirs.st_size, theirs.st_mtime_ns)
