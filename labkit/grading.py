@@ -182,7 +182,12 @@ def _run_limited(cmd: list[str], cwd: Path, env: dict, limits: Limits) -> tuple[
 def grade_submission(job: Job) -> Outcome:
     """Autograde one submission in a scratch course; runs on a Dask worker."""
     start = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix=f"labkit-grade-{job.student}-") as tmp:
+    # nbgrader's own temporary folders (the kernel's sockets, the referee child's folders) go
+    # in `scratch`, removed after the job even when the job was killed at its time limit:
+    # before, each killed submission left four folders in /tmp. Short: a socket path holds
+    # at most 107 bytes.
+    with tempfile.TemporaryDirectory(prefix=f"labkit-grade-{job.student}-") as tmp, \
+            tempfile.TemporaryDirectory(prefix="lkg-") as scratch:
         root = Path(tmp)
         key = root / referee.KEY_FILE
         key.write_bytes(job.key)
@@ -198,7 +203,7 @@ def grade_submission(job: Job) -> Outcome:
         threads = job.limits.threads or max(1, os.cpu_count() or 1)
         # The submission's own graphs live and die with its scratch course; what labkit
         # builds the same for everyone is shared by the worker's submissions.
-        env = dict(os.environ, LABKIT_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
+        env = dict(os.environ, LABKIT_THREADS=str(threads), OMP_NUM_THREADS=str(threads), TMPDIR=scratch,
                    **{paths.ARTIFACTS_ENV: str(root / "artifacts"), paths.SHARED_ENV: str(paths.shared_dir()),
                       sandbox.HIDE_ENV: os.pathsep.join(filter(None, [job.course]))})
         code, log, peak = _run_limited(

@@ -87,7 +87,10 @@ def spec_for(cwd: Path, writable: dict[str, Path] | None = None, readable: dict[
     env.setdefault("TMPDIR", "/tmp")
     env.setdefault(paths.SHARED_ENV, f"{MOUNT_ROOT}/shared")
     env.setdefault("MPLCONFIGDIR", f"{MOUNT_ROOT}/home/.matplotlib")
-    hide = [tempfile.gettempdir(), "/dev/shm"]
+    # torch writes the cache folder it first chose into the environment, so a grading process
+    # that imported torch would hand its own path, out of the sandbox's reach, to the kernel.
+    env.setdefault("TORCHINDUCTOR_CACHE_DIR", f"{MOUNT_ROOT}/home/.cache/torchinductor")
+    hide = list(dict.fromkeys(["/tmp", tempfile.gettempdir(), "/dev/shm"]))  # `labkit grade` sets TMPDIR
     repo = repository()
     if repo is not None:
         hide.append(str(repo))

@@ -3,6 +3,9 @@ built for it, graded in parallel on a Dask LocalCluster of two worker processes,
 the course gradebook and checked against the score it should get."""
 import html
 import re
+import tempfile
+import time
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -276,6 +279,7 @@ def test_a_regrade_stops_a_submission_over_its_time_limit_and_scores_the_others_
     """After the class: the looping submission, over a 60 s limit for the whole submission, is
     stopped and the batch goes on; the solver, graded again, keeps full marks."""
     root, table = graded
+    started = time.time()
     slow = grading.Limits(submission_s=60, cell_s=600, memory_gb=6)
     again = grading.grade_class(root, students=["loops", "solver"], workers=2, limits=slow,
                                 progress=False, csv=root / "slow.csv").set_index("student")
@@ -285,6 +289,9 @@ def test_a_regrade_stops_a_submission_over_its_time_limit_and_scores_the_others_
     assert again.loc["solver", "score"] == table.loc["solver", "score"] == FULL
     assert course.submission_scores(root)["solver"] == (FULL, FULL)
     assert _processes_in("labkit-grade-loops-") == []  # the looping kernel did not outlive its limit
+    left = [p for pattern in ("lk-*", "labkit-referee-*", "labkit-stripped-*", "labkit-home-*")
+            for p in Path(tempfile.gettempdir()).glob(pattern) if p.stat().st_mtime >= started]
+    assert left == []  # nor the folders of its kernel and of the referee's child
 
 
 def _processes_in(folder_prefix: str) -> list:
