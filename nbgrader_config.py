@@ -18,23 +18,27 @@ c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
 #   r".*/(?P<student_id>[^/_]+)_\d+_\d+_(?P<file_id>[^/]+\.ipynb)$"
 c.FileNameCollectorPlugin.named_regexp = r".*/(?P<student_id>[^/]+)/(?P<file_id>[^/]+\.ipynb)$"
 
-# A graded cell that a student deleted comes back from the gradebook instead of scoring 0.
+# A graded cell that a student deleted comes back from the gradebook instead of scoring 0
+# (through `RestoreCells`, below, which gives it a cell id).
 c.OverwriteCells.add_missing_cells = True
 
 # Scores come from the checks, not from stderr noise; feedback never shows hidden tests.
 # (labkit/nbgrader_plugins.py says why.)
 from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPreprocessor  # noqa: E402
 from nbgrader.preprocessors import (  # noqa: E402
-    AssignLatePenalties, CheckCellMetadata, GetGrades, IgnorePattern, LimitOutput, SaveAutoGrades)
+    AssignLatePenalties, CheckCellMetadata, ClearOutput, DeduplicateIds, GetGrades, IgnorePattern, LimitOutput,
+    OverwriteKernelspec, SaveAutoGrades)
 
 from labkit.nbgrader_plugins import (  # noqa: E402
-    HideHiddenTests, PrepareShared, Referee, StderrIsNotAFailure, TimedExecute)
+    HideHiddenTests, PrepareShared, Referee, RestoreCells, StderrIsNotAFailure, TimedExecute)
 
 # Scores come from labkit's referee (labkit/referee.py), which re-checks each graded cell
 # outside the student's kernel; the checks in the notebook are the student's instant feedback.
 # The student's kernel runs in labkit's sandbox (labkit/sandbox.py): no instructor files, no
 # other submissions, no network, the shared artifacts read-only (PrepareShared builds them).
 c.Execute.kernel_manager_class = "labkit.nbgrader_plugins.SandboxedKernelManager"
+c.Autograde.sanitize_preprocessors = [
+    ClearOutput, DeduplicateIds, OverwriteKernelspec, RestoreCells, CheckCellMetadata]
 c.Autograde.autograde_preprocessors = [
     PrepareShared, TimedExecute, StderrIsNotAFailure, IgnorePattern, ClearMetadataPreprocessor, LimitOutput,
     Referee, SaveAutoGrades, AssignLatePenalties, CheckCellMetadata]

@@ -1,6 +1,7 @@
 """nbgrader plug-ins the course's nbgrader_config.py switches on.
 
 Autograde, in order:
+- `RestoreCells` (sanitizing): nbgrader's OverwriteCells, a restored deleted cell given an id.
 - `PrepareShared`: builds what the notebook reads from the shared artifacts (the kernel cannot).
 - `TimedExecute`: nbgrader's Execute, noting which cells it stopped at the time limit.
 - `SandboxedKernelManager` (Execute's kernel manager): the student's kernel in `labkit.sandbox`.
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import nbformat
 from jupyter_client.manager import AsyncKernelManager
-from nbgrader.preprocessors import ClearHiddenTests, Execute, NbGraderPreprocessor
+from nbgrader.preprocessors import ClearHiddenTests, Execute, NbGraderPreprocessor, OverwriteCells
 from nbgrader.utils import is_grade, is_solution
 from traitlets import Integer
 
@@ -41,6 +42,17 @@ class StderrIsNotAFailure(NbGraderPreprocessor):
                 if output.output_type == "stream" and output.name == "stderr":
                     output.name = "stdout"
         return cell, resources
+
+
+class RestoreCells(OverwriteCells):
+    """nbgrader's OverwriteCells: a graded cell the student deleted comes back from the
+    gradebook, here with a cell id (nbgrader's has none, which nbformat warns will become an
+    error)."""
+
+    def missing_cell_transform(self, source_cell, max_score, is_solution=False, is_task=False):
+        cell = super().missing_cell_transform(source_cell, max_score, is_solution, is_task)
+        cell["id"] = f"restored-{source_cell.name}"[:64]
+        return cell
 
 
 class HideHiddenTests(ClearHiddenTests):
