@@ -63,8 +63,8 @@ def _run_cells(setup: dict) -> tuple[dict, list[dict]]:
     cells = []
     for i, code in enumerate(setup["cells"]):
         before = len(lockdown.HITS)
-        limit = setup["limits"][i]
-        why = "" if limit == setup["cell_s"] else f" (it had already run past the {setup['cell_s']:.0f} s limit in your notebook)"
+        limit, full = setup["limits"][i], setup["cell_s"]
+        why = "" if limit == full else f" (it had already run past the {full:.0f} s limit in your notebook)"
         try:
             with _time_limit(limit, why):
                 exec(compile(code, f"<cell {i + 1}>", "exec"), namespace)
