@@ -332,8 +332,9 @@ def grade_notebook(name: str, nb, draw_seed: int, student: str = "", cell_s: flo
         ctx = spec.context(rng)
     try:
         child = child_for(student)
-        stopped = [n for n, i in enumerate(_student_indices(nb)) if i in timed_out]
-        child.notebook(spec.prelude, ctx.for_child, student_cells(nb), cell_s, stopped)
+        where = _student_indices(nb)
+        child.notebook(spec.prelude, ctx.for_child, [nb.cells[i].source for i in where], cell_s,
+                       [n for n, i in enumerate(where) if i in timed_out])
     except ChildGone as exc:
         report.verdicts = {gid: Verdict(False, str(exc)) for gid in spec.tasks}
         return report
