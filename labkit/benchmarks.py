@@ -48,7 +48,9 @@ def bench_export(name: str | None = None, json_path: str | Path | None = None) -
 
 def bench_quant(name: str | None = None, json_path: str | Path | None = None) -> dict:
     """Static INT8 with the lab's recipe (sensitivity scan included): wall time,
-    peak RSS, sizes, held-out perplexity, greedy agreement and no-cache tokens/s."""
+    peak RSS, sizes, held-out perplexity, no-cache tokens/s, and greedy agreement and
+    correct answers on the held-out prompts twice: as bare user turns, and after the chat's
+    system turn (`prompts.CHAT_SYSTEM`), the prompt the chatbot actually sees."""
     import gc
 
     from . import artifacts, calibration, quality, quantize
@@ -79,22 +81,26 @@ def bench_quant(name: str | None = None, json_path: str | Path | None = None) ->
     print(f"quantized in {result['wall_s']} s (scan {result['scan_s']} s), peak RSS {result['peak_rss_gb']} GB, "
           f"{result['ratio']:.1%} of FP32; now measuring quality and speed", flush=True)
     threads = runtime.default_threads()
-    runs = {}
+    runs, chat_runs = {}, {}
     for label, path in (("fp32", fp32), ("int8", int8)):
         session = runtime.session(path, threads)
         ppl = quality.heldout_perplexities(quality.session_logits(session), tokenizer)
         tokens, seconds = quality.greedy_runs(session, tokenizer)
         runs[label] = tokens
+        chat_runs[label] = quality.greedy_runs(session, tokenizer, system=prompts.CHAT_SYSTEM)[0]
         result[f"ppl_{label}"] = {lang: round(value, 3) for lang, value in ppl.items()}
         result[f"tok_s_{label}"] = round(sum(map(len, tokens)) / seconds, 2)
         result[f"correct_{label}"] = quality.correct(tokens, tokenizer)
+        result[f"correct_chat_{label}"] = quality.correct(chat_runs[label], tokenizer)
         del session
-    result.update(agreement=round(quality.agreement(runs["int8"], runs["fp32"]), 4), threads=threads,
+    result.update(agreement=round(quality.agreement(runs["int8"], runs["fp32"]), 4),
+                  agreement_chat=round(quality.agreement(chat_runs["int8"], chat_runs["fp32"]), 4), threads=threads,
                   weight_only=list(recipe.weight_only), int8_path=str(int8))
     print(f"{model_name}: INT8 {result['int8_bytes'] / 1e6:,.1f} MB = {result['ratio']:.1%} of FP32 "
           f"{result['fp32_bytes'] / 1e6:,.1f} MB\nperplexity FP32 {result['ppl_fp32']} INT8 {result['ppl_int8']}; "
-          f"greedy agreement {result['agreement']:.2f}; held-out questions answered correctly "
-          f"{result['correct_fp32']} -> {result['correct_int8']}; no-cache {result['tok_s_fp32']} -> {result['tok_s_int8']} tok/s "
+          f"greedy agreement {result['agreement']:.2f} ({result['agreement_chat']:.2f} after the chat's system turn); "
+          f"held-out questions answered correctly {result['correct_fp32']} -> {result['correct_int8']} "
+          f"({result['correct_chat_fp32']} -> {result['correct_chat_int8']}); no-cache {result['tok_s_fp32']} -> {result['tok_s_int8']} tok/s "
           f"({result['tok_s_int8'] / result['tok_s_fp32']:.2f}x, {threads} threads)")
     return _written(result, json_path)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from . import generate, messages, runtime
 from .generate import NoCache, Result, Sampling, TextStream
 from .messages import say
-from .prompts import CHAT_SYSTEM, render
+from .prompts import CHAT_SYSTEM, render, with_system
 
 
 @dataclass
@@ -135,8 +135,7 @@ class Chat:
         return path
 
     def _render(self, messages: list[dict]) -> list[int]:
-        system = [{"role": "system", "content": self.system}] if self.system else []
-        return render(self.tokenizer, system + messages, enable_thinking=self.enable_thinking)
+        return render(self.tokenizer, with_system(self.system, messages), enable_thinking=self.enable_thinking)
 
     def _prompt(self, messages: list[dict]) -> list[int] | None:
         """The prompt's token ids, dropping the oldest exchanges until the reply fits."""

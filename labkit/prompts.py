@@ -45,10 +45,16 @@ def render(tokenizer, messages: list[dict], **template) -> list[int]:
                                          **template)["input_ids"]
 
 
-def chat_ids(tokenizer, prompt: str, max_tokens: int | None = None) -> np.ndarray:
-    """`prompt` as one user turn, ready for the assistant's reply: int64 [1, tokens], at most
-    `max_tokens` of them."""
-    return np.asarray([render(tokenizer, [{"role": "user", "content": prompt}])[:max_tokens]], dtype=np.int64)
+def with_system(system: str | None, messages: list[dict]) -> list[dict]:
+    """`messages` opened by a system turn, or as they are when `system` is None or ""."""
+    return ([{"role": "system", "content": system}] if system else []) + list(messages)
+
+
+def chat_ids(tokenizer, prompt: str, max_tokens: int | None = None, system: str | None = None) -> np.ndarray:
+    """`prompt` as one user turn (after the system turn `system`, if one is given), ready for
+    the assistant's reply: int64 [1, tokens], at most `max_tokens` of them."""
+    messages = with_system(system, [{"role": "user", "content": prompt}])
+    return np.asarray([render(tokenizer, messages)[:max_tokens]], dtype=np.int64)
 
 
 def prompt_of(tokenizer, length: int) -> np.ndarray:

@@ -94,11 +94,13 @@ def prefix_agreement(a: list[int], b: list[int]) -> float:
     return same / max(len(a), len(b), 1)
 
 
-def greedy_runs(session, tokenizer, new_tokens: int = GREEDY_TOKENS) -> tuple[list[list[int]], float]:
-    """Greedy tokens for each held-out prompt, and the seconds all of them took."""
+def greedy_runs(session, tokenizer, new_tokens: int = GREEDY_TOKENS,
+                system: str | None = None) -> tuple[list[list[int]], float]:
+    """Greedy tokens for each held-out prompt, as a bare user turn or after the system turn
+    `system`, and the seconds all of them took."""
     runs, seconds = [], 0.0
     for item in heldout()["prompts"]:
-        ids = chat_ids(tokenizer, item["prompt"])
+        ids = chat_ids(tokenizer, item["prompt"], system=system)
         started = time.perf_counter()
         runs.append(greedy_ort(session, ids, new_tokens))
         seconds += time.perf_counter() - started

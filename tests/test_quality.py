@@ -50,6 +50,20 @@ def test_a_graph_agrees_with_itself(session, tiny):
     assert quality.agreement(runs, runs) == 1.0
 
 
+def test_greedy_runs_answer_after_the_system_turn_they_are_given(session, tiny, monkeypatch):
+    """bench-quant's second pair of runs sees the chat's prompt: the system turn, then the question."""
+    fed = []
+    monkeypatch.setattr(quality, "greedy_ort", lambda session, ids, new_tokens: fed.append(ids) or [0])
+    quality.greedy_runs(session, tiny.tokenizer, system=prompts.CHAT_SYSTEM)
+    quality.greedy_runs(session, tiny.tokenizer)
+    questions = [item["prompt"] for item in prompts.heldout()["prompts"]]
+    chat = [prompts.render(tiny.tokenizer, [{"role": "system", "content": prompts.CHAT_SYSTEM},
+                                            {"role": "user", "content": q}]) for q in questions]
+    bare = [prompts.render(tiny.tokenizer, [{"role": "user", "content": q}]) for q in questions]
+    assert [ids[0].tolist() for ids in fed] == chat + bare
+    assert chat != bare
+
+
 def test_correct_counts_answers_that_contain_an_expected_word(tiny):
     items = prompts.heldout()["prompts"]
     answerable = [item for item in items if item["expect"]]
