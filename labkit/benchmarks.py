@@ -100,7 +100,8 @@ def bench_quant(name: str | None = None, json_path: str | Path | None = None) ->
           f"{result['fp32_bytes'] / 1e6:,.1f} MB\nperplexity FP32 {result['ppl_fp32']} INT8 {result['ppl_int8']}; "
           f"greedy agreement {result['agreement']:.2f} ({result['agreement_chat']:.2f} after the chat's system turn); "
           f"held-out questions answered correctly {result['correct_fp32']} -> {result['correct_int8']} "
-          f"({result['correct_chat_fp32']} -> {result['correct_chat_int8']}); no-cache {result['tok_s_fp32']} -> {result['tok_s_int8']} tok/s "
+          f"({result['correct_chat_fp32']} -> {result['correct_chat_int8']}); "
+          f"no-cache {result['tok_s_fp32']} -> {result['tok_s_int8']} tok/s "
           f"({result['tok_s_int8'] / result['tok_s_fp32']:.2f}x, {threads} threads)")
     return _written(result, json_path)
 

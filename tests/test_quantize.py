@@ -286,6 +286,7 @@ def test_bench_quant_exports_in_a_child_process_once(tmp_path, monkeypatch):
     first = benchmarks.bench_quant("qwen3-tiny")
     assert len(calls) == 1 and calls[0][1:] == ["-m", "labkit", "bench-export", "--model", "qwen3-tiny"]
     assert artifacts.is_valid("qwen3-tiny", "fp32") and first["ratio"] < 0.5
+    assert 0 <= first["agreement_chat"] <= 1 and {"correct_chat_fp32", "correct_chat_int8"} <= first.keys()
 
     class Loading(Exception):
         pass
