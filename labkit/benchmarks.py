@@ -81,21 +81,22 @@ def bench_quant(name: str | None = None, json_path: str | Path | None = None) ->
     print(f"quantized in {result['wall_s']} s (scan {result['scan_s']} s), peak RSS {result['peak_rss_gb']} GB, "
           f"{result['ratio']:.1%} of FP32; now measuring quality and speed", flush=True)
     threads = runtime.default_threads()
-    runs, chat_runs = {}, {}
+    turns = {"": None, "_chat": prompts.CHAT_SYSTEM}  # result-key suffix: the system turn
+    runs = {suffix: {} for suffix in turns}
     for label, path in (("fp32", fp32), ("int8", int8)):
         session = runtime.session(path, threads)
         ppl = quality.heldout_perplexities(quality.session_logits(session), tokenizer)
-        tokens, seconds = quality.greedy_runs(session, tokenizer)
-        runs[label] = tokens
-        chat_runs[label] = quality.greedy_runs(session, tokenizer, system=prompts.CHAT_SYSTEM)[0]
         result[f"ppl_{label}"] = {lang: round(value, 3) for lang, value in ppl.items()}
-        result[f"tok_s_{label}"] = round(sum(map(len, tokens)) / seconds, 2)
-        result[f"correct_{label}"] = quality.correct(tokens, tokenizer)
-        result[f"correct_chat_{label}"] = quality.correct(chat_runs[label], tokenizer)
+        for suffix, system in turns.items():
+            tokens, seconds = quality.greedy_runs(session, tokenizer, system=system)
+            runs[suffix][label] = tokens
+            result[f"correct{suffix}_{label}"] = quality.correct(tokens, tokenizer)
+            if not system:  # speed from the bare turns, as before the system-turn runs were added
+                result[f"tok_s_{label}"] = round(sum(map(len, tokens)) / seconds, 2)
         del session
-    result.update(agreement=round(quality.agreement(runs["int8"], runs["fp32"]), 4),
-                  agreement_chat=round(quality.agreement(chat_runs["int8"], chat_runs["fp32"]), 4), threads=threads,
-                  weight_only=list(recipe.weight_only), int8_path=str(int8))
+    for suffix in turns:
+        result[f"agreement{suffix}"] = round(quality.agreement(runs[suffix]["int8"], runs[suffix]["fp32"]), 4)
+    result.update(threads=threads, weight_only=list(recipe.weight_only), int8_path=str(int8))
     print(f"{model_name}: INT8 {result['int8_bytes'] / 1e6:,.1f} MB = {result['ratio']:.1%} of FP32 "
           f"{result['fp32_bytes'] / 1e6:,.1f} MB\nperplexity FP32 {result['ppl_fp32']} INT8 {result['ppl_int8']}; "
           f"greedy agreement {result['agreement']:.2f} ({result['agreement_chat']:.2f} after the chat's system turn); "
