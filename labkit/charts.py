@@ -45,6 +45,13 @@ SHORT_NAMES = {"pytorch": "PyTorch", "onnxruntime": "ORT", "onnxruntime-fused": 
                "onnxruntime-genai": "ORT-genai"}
 
 
+def failure(row) -> str | None:
+    """A bench row's failure ("crashed (SIGSEGV) in a run"), None for a measured row (and for
+    a table saved before rows had a status)."""
+    status = row.get("status")
+    return None if status is None or status != status or status == "ok" else status
+
+
 def row_label(row) -> str:
     engine = SHORT_NAMES.get(row["engine"], row["engine"])  # peers such as llama.cpp keep their name
     return f"{engine}\n{row['precision'].upper()}\n{'KV cache' if row['cache'] else 'no cache'}"
@@ -63,11 +70,19 @@ def deployment_summary(table: pd.DataFrame, prompt_len: int | None = None):
               else "tab:purple" for e, p in zip(rows["engine"], rows["precision"])]
     # one panel above the other: 14 engines side by side left their labels overlapping
     fig, axes = plt.subplots(2, 1, figsize=(max(10.0, 0.75 * len(rows)), 8))
-    (1 / rows["ratio"]).plot.bar(ax=axes[0], color=colors, title="compression vs FP32 (x, higher is smaller)")
-    _label_bars(axes[0], "%.1fx")
-    rows["tok_s"].plot.bar(ax=axes[1], color=colors,
-                           title=f"decode tokens/s at a {prompt_len}-token prompt (higher is faster)")
-    _label_bars(axes[1], "%.1f")
+    failures = [failure(r) for _, r in rows.iterrows()]
+    (1 / rows["ratio"]).fillna(0).plot.bar(ax=axes[0], color=colors,
+                                           title="compression vs FP32 (x, higher is smaller)")
+    rows["tok_s"].fillna(0).plot.bar(ax=axes[1], color=colors,
+                                     title=f"decode tokens/s at a {prompt_len}-token prompt (higher is faster)")
+    # a peer that crashed, hung or is missing has no bar: its status stands in its place
+    for ax, values, fmt in ((axes[0], 1 / rows["ratio"], "{:.1f}x"), (axes[1], rows["tok_s"], "{:.1f}")):
+        ax.bar_label(ax.containers[0], fontsize=8, padding=2, color="black",
+                     labels=[fmt.format(v) if not bad else "" for v, bad in zip(values, failures)])
+        for x, bad in enumerate(failures):
+            if bad:
+                ax.annotate(bad, (x, 0), xytext=(0, 4), textcoords="offset points", rotation=90, fontsize=7,
+                            color="tab:red", ha="center", va="bottom")
     for ax in axes:
         ax.tick_params(axis="x", labelrotation=0, labelsize=7)
         ax.margins(y=0.15)

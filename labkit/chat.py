@@ -51,13 +51,15 @@ class Chat:
         self.think = (vocab["<think>"], vocab["</think>"]) if "<think>" in vocab and "</think>" in vocab else None
         self.use(graph, label)
 
-    def use(self, graph, label: str | None = None) -> bool:
-        """Switch to `graph` (a path or an ONNX Runtime session); a notice if it cannot be used."""
+    def use(self, graph, label: str | None = None, loop=None) -> bool:
+        """Switch to `graph` (a path or an ONNX Runtime session), with `loop` if given (a
+        cached graph needs generate.cached_loop); a notice if it cannot be used."""
         try:
             session = runtime.session(graph, self.threads) if isinstance(graph, (str, Path)) else graph
-            self.stepper = self.loop(session)
+            self.stepper = (loop or self.loop)(session)
+            self.loop = loop or self.loop
         except Exception as error:  # noqa: BLE001 - any failure becomes a notice, the chat goes on
-            self._notice(say("chat.cannot_use", graph=graph, error=error))
+            self.notice(say("chat.cannot_use", graph=graph, error=error))
             return False
         self.label = label or self.label
         self.graph = str(graph) if isinstance(graph, (str, Path)) else getattr(session, "_model_path", "session")
@@ -68,13 +70,13 @@ class Chat:
         None (and adds a notice) when there is nothing to answer."""
         message = (message or "").strip()
         if not message:
-            return self._notice(say("chat.type_first", sep=" / "))
+            return self.notice(say("chat.type_first", sep=" / "))
         if self.stepper is None:
-            return self._notice(say("chat.no_model", sep=" / "))
+            return self.notice(say("chat.no_model", sep=" / "))
         prompt = self._prompt(self.history + [{"role": "user", "content": message}])
         if prompt is None:
             alone = len(self._render([{"role": "user", "content": message}]))
-            return self._notice(say("chat.too_long", sep=" ", tokens=alone, reply=self.max_new_tokens,
+            return self.notice(say("chat.too_long", sep=" ", tokens=alone, reply=self.max_new_tokens,
                                     context=self.context))
         self.transcript.append(Turn("user", message))
         reply = Turn("assistant", "")
@@ -93,12 +95,12 @@ class Chat:
         except Exception as error:  # noqa: BLE001
             self.transcript.remove(reply)
             self.transcript.pop()  # the message: it was not answered, so it is not history either
-            return self._notice(say("chat.failed", sep=" / ", error=error))
+            return self.notice(say("chat.failed", sep=" / ", error=error))
         reply.text = result.text
         reply.timing = result.timing() + (" " + say("chat.stopped", sep=" ") if result.stopped_by == "stop" else "")
         self.history += [{"role": "user", "content": message}, {"role": "assistant", "content": result.text}]
         if result.stopped_by == "repetition":
-            self._notice(say("chat.looping", sep=" "))
+            self.notice(say("chat.looping", sep=" "))
         return result
 
     @property
@@ -147,7 +149,7 @@ class Chat:
                 return None
             messages = messages[2:]
 
-    def _notice(self, text: str) -> None:
+    def notice(self, text: str) -> None:
         self.transcript.append(Turn("notice", text))
         return None
 

@@ -34,11 +34,27 @@ def _html(turns: list[Turn], label: str) -> str:
             + ("".join(rows) or f"<i>{messages.label('chat.empty')}</i>") + "</div>")
 
 
-class ChatBox:
-    """`ChatBox(chat).widget` is what the notebook displays."""
+def notebook_04_graphs(loaded, mine) -> dict:
+    """The chat box's graphs in notebook 04: the student's INT8 from notebook 03 (`mine`,
+    shown first), FP32 from notebook 02, and the fused INT8 the chat defaults to elsewhere
+    (chat_graph.py), built only when picked. Label -> () -> (graph path, loop)."""
+    from . import artifacts, fused
 
-    def __init__(self, chat: Chat, transcript_path: str = "chat_transcript.md"):
-        self.chat, self.transcript_path = chat, transcript_path
+    choices = {messages.label("chat.graph_mine"): lambda: (mine, generate.NoCache),
+               messages.label("chat.graph_fp32"): lambda: (artifacts.ensure(loaded, "fp32"), generate.NoCache)}
+    if not fused.unsupported(loaded.model.config):
+        choices[messages.label("chat.graph_fused")] = lambda: (artifacts.ensure(loaded, "fused-int8"),
+                                                               generate.cached_loop)
+    return choices
+
+
+class ChatBox:
+    """`ChatBox(chat).widget` is what the notebook displays. With `graphs` (label -> a
+    function giving (graph, loop), the first being the chat's own), a selector switches
+    the graph that answers; the conversation goes on."""
+
+    def __init__(self, chat: Chat, transcript_path: str = "chat_transcript.md", graphs: dict | None = None):
+        self.chat, self.transcript_path, self.graphs = chat, transcript_path, graphs or {}
         self.thread: threading.Thread | None = None
         self.transcript = widgets.HTML(_html(chat.transcript, chat.label))
         self.message = widgets.Text(placeholder=messages.label("chat.placeholder"), layout=widgets.Layout(width="60%"))
@@ -61,13 +77,41 @@ class ChatBox:
         self.stop_button.on_click(lambda _: self.chat.stop())
         self.clear_button.on_click(lambda _: self.clear())
         self.save_button.on_click(lambda _: self.save())
-        note = env.int8_kernel_note() if "int8" in chat.label.lower() and env.int8_products_saturate() else ""
+        self.title = widgets.HTML()
+        self._show_title()
+        self.graph = widgets.Dropdown(options=list(self.graphs), description=messages.label("chat.graph"),
+                                      style=wide, layout=widgets.Layout(width="90%", display="" if graphs else "none"))
+        self.graph.add_class("labkit-graphs")
+        self._shown = self.graph.value  # the graph answering, as the selector names it
+        self.graph.observe(lambda change: change["new"] != self._shown and self.switch(change["new"]), names="value")
         self.widget = widgets.VBox([
-            widgets.HTML(f"<b>{html.escape(messages.label('chat.title', label=chat.label))}</b>"
-                         + (f"<br><small>{html.escape(note)}</small>" if note else "")), self.transcript,
+            self.title, self.graph, self.transcript,
             widgets.HBox([self.message, self.send_button, self.stop_button]),
             widgets.HBox([self.temperature, self.max_tokens, self.guard]), self.system,
             widgets.HBox([self.clear_button, self.save_button, self.status])])
+
+    def _show_title(self) -> None:
+        note = env.int8_kernel_note() if "int8" in self.chat.label.lower() and env.int8_products_saturate() else ""
+        self.title.value = (f"<b>{html.escape(messages.label('chat.title', label=self.chat.label))}</b>"
+                            + (f"<br><small>{html.escape(note)}</small>" if note else ""))
+
+    def switch(self, label: str) -> None:
+        """Answer with the graph `label` of `graphs` from the next message on."""
+        if self.thread is not None and self.thread.is_alive():
+            self.status.value = messages.label("chat.busy")
+            self.graph.value = self._shown
+            return
+        try:
+            graph, loop = self.graphs[label]()
+        except Exception as error:  # noqa: BLE001 - a graph that cannot be built is a notice, the chat goes on
+            self.chat.notice(messages.say("chat.cannot_use", sep=" / ", graph=label, error=error))
+        else:
+            if self.chat.use(graph, label, loop):
+                self.chat.notice(messages.label("chat.switched", label=label))
+                self._shown = label
+        self.graph.value = self._shown  # back to the graph still answering, if the switch failed
+        self._show_title()
+        self.transcript.value = _html(self.chat.transcript, self.chat.label)
 
     def _ipython_display_(self):
         from IPython.display import display

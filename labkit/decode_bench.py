@@ -24,7 +24,8 @@ from . import artifacts, env, fused, generate, quality, runtime
 from .gguf_convert import bundled_gguf
 from .onnx_graph import file_bytes
 from .paths import cached_table, shared_path
-from .peers import genai_runner, llama_cpp_installed, llama_cpp_runner, q8_0_gguf
+from .peer_process import PeerFailed
+from .peers import NOT_INSTALLED, genai_runner, llama_cpp_installed, llama_cpp_runner, q8_0_gguf
 from .export_kv import token_feed
 from .prompts import chat_ids, heldout, prompt_of
 
@@ -150,21 +151,33 @@ def engines(loaded, threads: int, log=print, peers: bool = True) -> list[Engine]
         *(_ort("onnxruntime-fused", precision, True, graphs[v], threads)
           for v, (precision, _) in fused.PRECISIONS.items() if v in graphs),
     ]
-    if not peers:
-        return rows
-    for variant in ("fused-int8", "fused-int4"):  # the same fused graphs in onnxruntime-genai's own loop
-        if variant in graphs:
-            rows.append(Engine("onnxruntime-genai", fused.PRECISIONS[variant][0], True, file_bytes(graphs[variant]),
-                               genai_runner(graphs[variant].parent)))
-    if not llama_cpp_installed():
-        log("peer llama.cpp: llama-cpp-python is not installed (pip install -e '.[peers]' compiles it: "
-            "about 8 minutes on 2 cores); skipped")
-    elif loaded.name != "smollm2-135m":
+    return rows + peer_engines(loaded, graphs, threads, log) if peers else rows
+
+
+def peer_engines(loaded, graphs: dict, threads: int, log=print) -> list[Engine]:
+    """The other engines, each in a child process of its own (peers.py): one that is missing
+    or cannot start is still a row, whose open() raises PeerFailed saying why."""
+    rows = [Engine("onnxruntime-genai", fused.PRECISIONS[v][0], True, file_bytes(graphs[v]), genai_runner(graphs[v].parent))
+            for v in ("fused-int8", "fused-int4") if v in graphs]  # the same fused graphs in genai's own loop
+    if loaded.name != "smollm2-135m":
         log(f"peer llama.cpp: only run on the bundled GGUF, not {loaded.name}; skipped")
-    else:  # Q4_1: the very file the lab's float32 model was converted from; Q8_0 quantized from it
-        for precision, gguf in (("q8_0", q8_0_gguf()), ("q4_1", bundled_gguf())):
+        return rows
+    # Q4_1: the very file the lab's float32 model was converted from; Q8_0 quantized from it
+    for precision in ("q8_0", "q4_1"):
+        try:
+            if not llama_cpp_installed():
+                raise PeerFailed(NOT_INSTALLED)
+            gguf = q8_0_gguf() if precision == "q8_0" else bundled_gguf()
             rows.append(Engine("llama.cpp", precision, True, gguf.stat().st_size, llama_cpp_runner(gguf, threads)))
+        except PeerFailed as failure:
+            rows.append(Engine("llama.cpp", precision, True, 0, _fails(failure)))
     return rows
+
+
+def _fails(failure: PeerFailed):
+    def open_():
+        raise failure
+    return open_
 
 
 def run(loaded, lengths=PROMPT_LENGTHS, threads: int | None = None, log=print, peers: bool = True,
@@ -181,14 +194,18 @@ def run(loaded, lengths=PROMPT_LENGTHS, threads: int | None = None, log=print, p
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(path.stat().st_mtime))
         log(f"reusing the benchmark measured on this machine at {when} ({path})")
 
-    return cached_table(saved, lambda: _measure(loaded, lengths, threads, log, peers), reuse, reused)
+    return cached_table(saved, lambda: measure(loaded, engines(loaded, threads, log, peers), lengths, threads, log),
+                        reuse, reused)
 
 
-def _measure(loaded, lengths, threads, log, peers):
+def measure(loaded, table: list[Engine], lengths=PROMPT_LENGTHS, threads: int | None = None, log=print):
+    """The benchmark of these engines (the first is the reference: PyTorch's FP32). A peer
+    that fails (PeerFailed: crashed, timed out, not installed) gets rows with its `status`
+    and no figures; the other rows are measured as if it were not there."""
     import pandas as pd
     from tqdm.auto import tqdm
 
-    table = engines(loaded, threads, log, peers)
+    threads = threads or runtime.default_threads()
     reference_tokens = None
     perplexities: dict = {}
     rows = []
@@ -199,8 +216,44 @@ def _measure(loaded, lengths, threads, log, peers):
     held_out_ids = [chat_ids(loaded.tokenizer, item["prompt"]) for item in heldout()["prompts"]]
     for engine in tqdm(table, desc="bench", unit="engine"):
         gc.collect()
-        with PeakRSS() as peak:
-            run_ = engine.open()
+        common = {"engine": engine.engine, "precision": engine.precision, "cache": engine.cache,
+                  "bytes": engine.bytes, "ratio": round(engine.bytes / fp32_bytes, 4) if engine.bytes else None}
+        try:
+            measured, agreement_runs, peak_rss, build = _run_engine(engine, loaded.tokenizer, lengths, held_out_ids,
+                                                                      reference_tokens)
+        except PeerFailed as failure:
+            log(f"{engine.engine} {engine.precision}: {failure}; its row says so, the benchmark goes on")
+            rows += [{**common, "prompt_len": length, "status": str(failure), "cpu": cpu} for length in lengths]
+            continue
+        if reference_tokens is None:
+            reference_tokens = agreement_runs
+        if engine.logits is not None and engine.graph not in perplexities:  # once per graph, outside the RSS
+            # English only, the table's column: a graph that gives the last position's logits
+            # reads the text one token at a time (quality.session_logits).
+            perplexities[engine.graph] = quality.perplexity(engine.logits(), loaded.tokenizer, heldout()["text_en"])
+        for length, count, ttft, total in measured:
+            tok_s = (count - 1) / (total - ttft) if count > 1 and total > ttft else 0.0
+            rows.append({**common, "ttft_s": round(ttft, 4), "prompt_len": length, "tok_s": round(tok_s, 2),
+                         "peak_rss_gb": round(peak_rss / 1e9, 2),
+                         "agreement": round(quality.agreement(agreement_runs, reference_tokens), 4),
+                         "ppl_en": round(perplexities[engine.graph], 2) if engine.graph in perplexities else None,
+                         "weight_gb_s": round(engine.bytes * tok_s / 1e9, 2),
+                         "memory_gb_s": round(bandwidth, 1), "cpu": cpu, "build": build, "status": "ok"})
+        log(f"{engine.engine} {engine.precision} {'KV' if engine.cache else 'no cache'}: " + ", ".join(
+            f"{r['prompt_len']} tok {r['tok_s']} tok/s" for r in rows[-len(lengths):]))
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+COLUMNS = ["engine", "precision", "cache", "bytes", "ratio", "ttft_s", "prompt_len", "tok_s", "peak_rss_gb",
+           "agreement", "ppl_en", "weight_gb_s", "memory_gb_s", "cpu", "build", "status"]
+
+
+def _run_engine(engine: Engine, tokenizer, lengths, held_out_ids, reference_tokens):
+    """One engine's runs: (length, tokens, ttft, total) per prompt length, its greedy
+    answers to the held-out prompts, its peak RSS in bytes, what it was built with."""
+    with PeakRSS() as peak:
+        run_ = engine.open()
+        try:
             # The agreement runs: each no-cache row checks a guess of its answers in one pass
             # (the reference row PyTorch's cached answers, the ORT rows the reference's). SmolLM2
             # at one prompt length, VNNI: the PyTorch row 40 -> 15 s, ORT FP32 26.5 -> 5.4 s, ORT
@@ -210,31 +263,16 @@ def _measure(loaded, lengths, threads, log, peers):
                               for ids, guess in zip(held_out_ids, guesses)]
             measured = []
             for length in lengths:
-                ids = prompt_of(loaded.tokenizer, length)
+                ids = prompt_of(tokenizer, length)
                 new = NEW_TOKENS if engine.cache else NEW_TOKENS_NO_CACHE
                 run_(ids[:, :8], 2)  # warm-up: first-run allocations are not the engine's speed
                 tokens, ttft, total = run_(ids, new)
                 measured.append((length, len(tokens), ttft, total))
-            del run_
-        if reference_tokens is None:
-            reference_tokens = agreement_runs
-        if engine.logits is not None and engine.graph not in perplexities:  # once per graph, outside the RSS
-            # English only, the table's column: a graph that gives the last position's logits
-            # reads the text one token at a time (quality.session_logits).
-            perplexities[engine.graph] = quality.perplexity(engine.logits(), loaded.tokenizer, heldout()["text_en"])
-        for length, count, ttft, total in measured:
-            tok_s = (count - 1) / (total - ttft) if count > 1 and total > ttft else 0.0
-            rows.append({"engine": engine.engine, "precision": engine.precision, "cache": engine.cache,
-                         "bytes": engine.bytes, "ratio": round(engine.bytes / fp32_bytes, 4),
-                         "ttft_s": round(ttft, 4), "prompt_len": length, "tok_s": round(tok_s, 2),
-                         "peak_rss_gb": round(peak.gb, 2),
-                         "agreement": round(quality.agreement(agreement_runs, reference_tokens), 4),
-                         "ppl_en": round(perplexities[engine.graph], 2) if engine.graph in perplexities else None,
-                         "weight_gb_s": round(engine.bytes * tok_s / 1e9, 2),
-                         "memory_gb_s": round(bandwidth, 1), "cpu": cpu})
-        log(f"{engine.engine} {engine.precision} {'KV' if engine.cache else 'no cache'}: " + ", ".join(
-            f"{r['prompt_len']} tok {r['tok_s']} tok/s" for r in rows[-len(lengths):]))
-    return pd.DataFrame(rows)
+        finally:
+            if hasattr(run_, "close"):
+                run_.close()
+    # a peer's memory is its own process's, not this one's
+    return measured, agreement_runs, getattr(run_, "peak_rss_bytes", peak.peak), getattr(run_, "build", "")
 
 
 def io_binding_gain(path: Path, tokenizer, prompt_len: int = 256, threads: int | None = None) -> dict:

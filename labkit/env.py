@@ -41,6 +41,11 @@ def _cpuinfo() -> tuple[str, set[str]]:
     return model, flags
 
 
+def cpu_flags() -> set[str]:
+    """This CPU's feature flags as /proc/cpuinfo spells them (empty where it has none)."""
+    return _cpuinfo()[1]
+
+
 def int8_products_saturate() -> bool:
     """True on x86 CPUs without VNNI or AMX. There ONNX Runtime's u8 x s8 kernel adds pairs
     of products in 16 bits (vpmaddubsw), which saturates when both are large. Measured on an
@@ -48,7 +53,7 @@ def int8_products_saturate() -> bool:
     7-bit s8 weights (`reduce_range`) and 1.5% with u8 weights."""
     if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
         return False  # Arm's dot-product instructions sum in 32 bits
-    return not INT8_DOT & _cpuinfo()[1]
+    return not INT8_DOT & cpu_flags()
 
 
 def cpu_summary() -> str:

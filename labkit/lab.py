@@ -60,6 +60,25 @@ def chat_samples(loaded, messages=CHAT_MESSAGES, max_new_tokens: int = 48) -> di
     return transcripts
 
 
+DEFAULT_CHAT = ("What is the capital of France?", "How many days are there in a week?",
+                "Write one sentence about the sea.")
+
+
+def default_chat(loaded, messages=DEFAULT_CHAT, max_new_tokens: int = 48) -> tuple[str, str]:
+    """One conversation with the chat's default graph (chat_graph.py's rule): why that
+    graph, and the transcript."""
+    from . import artifacts, chat_graph, generate
+    from .chat import Chat
+
+    graph, why = chat_graph.default(loaded)
+    chat = Chat(artifacts.path(loaded, graph), loaded.tokenizer, f"{loaded.name} {graph}",
+                max_new_tokens=max_new_tokens, loop=generate.cached_loop)
+    for message in messages:
+        chat.send(message)
+    print(f"-- the chat's default graph: {why}\n{chat.markdown()}", flush=True)
+    return why, chat.markdown()
+
+
 def run_lab(name: str | None = None, out_dir: Path | None = None,
             lengths: tuple[int, ...] | None = None, peers: bool = True) -> Path:
     """Run the lab end to end; return the report's path. Graphs that are still valid
@@ -102,6 +121,7 @@ def run_lab(name: str | None = None, out_dir: Path | None = None,
 
     print("\n== 04 chat with each graph ==", flush=True)
     transcripts = chat_samples(loaded)
+    default_why, default_transcript = default_chat(loaded)
 
     print("\n== 05 benchmark ==", flush=True)
     bench = decode_bench.run(loaded, peers=peers, **({"lengths": tuple(lengths)} if lengths else {}))
@@ -122,6 +142,7 @@ def run_lab(name: str | None = None, out_dir: Path | None = None,
         + f"{env.int8_kernel_note()}\n"
         + f"\n## 04 Chat\n\nSystem turn: \"{CHAT_SYSTEM}\" (`prompts.CHAT_SYSTEM`); greedy with the repetition "
         + "guard.\n\n" + "\n".join(f"### {label}\n\n{text}" for label, text in transcripts.items())
+        + f"\n### The chat's default graph (`python -m labkit chat`)\n\n{default_why}.\n\n{default_transcript}"
         + "\n## 05 What each step bought\n\n![compression and tokens/s](bench.png)\n\n"
         + "Decode tokens/s after a prompt of N tokens:\n\n" + report.bench_table(bench) + "\n")
     (out_dir / "model_check.json").write_text(json.dumps(check, indent=1))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .charts import SHORT_NAMES, deployment_summary
+from .charts import SHORT_NAMES, deployment_summary, failure
 from .paths import artifacts_dir
 
 
@@ -32,13 +32,18 @@ def engine_name(row) -> str:
 
 
 def bench_table(table) -> str:
-    """Decode tokens/s per engine (rows) and prompt length (columns), with each file's size."""
+    """Decode tokens/s per engine (rows) and prompt length (columns), with each file's size;
+    a peer that failed shows its status in every column."""
     lengths = sorted(set(table["prompt_len"]))
     rows = []
     for _, group in table.groupby(["engine", "precision", "cache"], sort=False):
-        speed = dict(zip(group["prompt_len"], group["tok_s"]))
         first = group.iloc[0]
-        rows.append([engine_name(first), megabytes(first["bytes"])] + [f"{speed[n]:.2f}" for n in lengths])
+        size = megabytes(first["bytes"]) if first["bytes"] else ""
+        if bad := failure(first):
+            rows.append([engine_name(first), size] + [bad] * len(lengths))
+            continue
+        speed = dict(zip(group["prompt_len"], group["tok_s"]))
+        rows.append([engine_name(first), size] + [f"{speed[n]:.2f}" for n in lengths])
     return markdown_table(["engine", "size"] + [str(n) for n in lengths], rows)
 
 

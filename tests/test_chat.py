@@ -243,3 +243,27 @@ def test_the_chat_box_shows_the_system_prompt_and_changes_it(chat):
     box.system.value = " "
     box.send("Hello again", wait=True)
     assert chat.system is None and "Answer in one word." not in chat.tokenizer.decode(Recording.prompts[-1])
+
+
+def test_the_chat_box_switches_graphs_and_the_conversation_goes_on(session, tiny, tiny_kv):
+    """Notebook 04's box offers the student's INT8 first and other graphs beside it; a
+    switch takes effect from the next message, with the graph's own loop; a graph that
+    cannot be built is a notice and the chat stays on the graph it had."""
+    def broken():
+        raise FileNotFoundError("no fused graph here")
+
+    conversation = Chat(session, tiny.tokenizer, "mine", max_new_tokens=4)
+    box = ChatBox(conversation, graphs={"mine": lambda: (session, generate.NoCache),
+                                        "cached": lambda: (tiny_kv, generate.cached_loop), "broken": broken})
+    assert box.graph.options == ("mine", "cached", "broken") and box.graph.value == "mine"
+    assert "mine" in box.title.value
+    box.send("Hello", wait=True)
+    box.graph.value = "cached"
+    assert isinstance(conversation.stepper, generate.KVCache) and conversation.label == "cached"
+    assert "cached" in box.title.value and "Replies from now on come from cached" in conversation.transcript[-1].text
+    box.send("And now?", wait=True)
+    assert conversation.transcript[-1].role == "assistant" and len(conversation.history) == 4
+    box.graph.value = "broken"
+    assert "no fused graph here" in conversation.transcript[-1].text and conversation.label == "cached"
+    assert isinstance(conversation.stepper, generate.KVCache) and box.graph.value == "cached"
+    assert ChatBox(conversation).graph.layout.display == "none"  # no graphs given: no selector

@@ -60,7 +60,7 @@ def test_a_saved_bench_is_reused_only_when_asked(bench, tiny, monkeypatch):
     def measure(*args):
         raise AssertionError("measured again")
 
-    monkeypatch.setattr(decode_bench, "_measure", measure)
+    monkeypatch.setattr(decode_bench, "measure", measure)
     log = []
     again = decode_bench.run(tiny, lengths=(16,), peers=False, log=log.append, reuse=True)
     assert again[sorted(CONTRACT)].equals(bench[sorted(CONTRACT)]) and "reusing" in log[0]
@@ -140,17 +140,23 @@ def test_io_binding_gain_measures_both_ways(bench, tiny):
 def test_the_llama_cpp_peer_runs_the_bundled_gguf(default_model):
     """The peer row measures the same model: llama.cpp on the GGUF and PyTorch on its float32
     conversion pick the same greedy tokens (16 of 16 measured on this prompt; Q4_1 x Q8
-    dot products may part later), and a second run starts from an empty cache."""
+    dot products may part later), and a second run starts from an empty cache. It runs in a
+    child process, built for this CPU's instruction sets and without AMX."""
+    from labkit.env import cpu_flags
     from labkit.generate import greedy_torch
     from labkit.gguf_convert import bundled_gguf
     from labkit.prompts import chat_ids
 
     ids = chat_ids(default_model.tokenizer, "How many days are there in a week?")
-    run = peers.llama_cpp_runner(bundled_gguf(), threads=2)()
-    tokens, ttft, total = run(ids, 12)
-    assert tokens[:8] == greedy_torch(default_model.model, torch.from_numpy(ids), 8)
-    assert len(tokens) == 12 and 0 < ttft < total
-    assert run(ids, 12)[0] == tokens
+    with peers.llama_cpp_runner(bundled_gguf(), threads=2)() as run:
+        tokens, ttft, total = run(ids, 12)
+        assert tokens[:8] == greedy_torch(default_model.model, torch.from_numpy(ids), 8)
+        assert len(tokens) == 12 and 0 < ttft < total
+        assert run(ids, 12)[0] == tokens
+    compiled = run.build.split(": ")[1].split()
+    assert ("AVX2" in compiled) == ("avx2" in cpu_flags()) and ("AVX512" in compiled) == ("avx512f" in cpu_flags())
+    assert not any(feature.startswith("AMX") for feature in compiled)
+    assert run.peak_rss_bytes > 0 and run._process.exitcode == 0  # asked to stop, it stopped
 
 
 @pytest.mark.slow
@@ -164,8 +170,68 @@ def test_the_q8_0_peer_is_quantized_once_from_the_bundled_gguf(default_model):
     made = q8.stat().st_mtime_ns
     assert 1.3 < q8.stat().st_size / bundled_gguf().stat().st_size < 1.6
     assert peers.q8_0_gguf() == q8 and q8.stat().st_mtime_ns == made  # kept, not quantized again
-    tokens, ttft, total = peers.llama_cpp_runner(q8, threads=2)()(chat_ids(default_model.tokenizer, "Hi"), 6)
+    with peers.llama_cpp_runner(q8, threads=2)() as run:
+        tokens, ttft, total = run(chat_ids(default_model.tokenizer, "Hi"), 6)
     assert len(tokens) == 6 and 0 < ttft < total
+
+
+def test_the_llama_cpp_build_names_this_cpus_instruction_sets_and_never_amx():
+    from labkit import llama_build
+
+    sapphire_rapids = {"sse4_2", "avx", "avx2", "fma", "f16c", "bmi2", "avx_vnni", "avx512f", "avx512cd",
+                       "avx512vl", "avx512dq", "avx512bw", "avx512vbmi", "avx512_vnni", "avx512_bf16",
+                       "amx_tile", "amx_int8", "amx_bf16"}
+    haswell = {"sse4_2", "avx", "avx2", "fma", "f16c", "bmi2"}
+    on = lambda args: {a[2:-3] for a in args if a.endswith("=ON")}  # noqa: E731
+    xeon, avx2_only = llama_build.cmake_args(sapphire_rapids), llama_build.cmake_args(haswell)
+    assert "-DGGML_NATIVE=OFF" in xeon and "-DGGML_NATIVE=OFF" in avx2_only  # native would compile AMX in
+    assert on(xeon) == set(llama_build.GGML_ISA) and {"-DGGML_AMX_INT8=OFF", "-DGGML_AMX_TILE=OFF"} <= set(xeon)
+    assert on(avx2_only) == {"GGML_SSE42", "GGML_AVX", "GGML_AVX2", "GGML_FMA", "GGML_F16C", "GGML_BMI2"}
+    assert on(llama_build.cmake_args(haswell | {"avx512f"})) == on(avx2_only)  # ggml's AVX512 needs F, CD, VL, DQ, BW
+    key = lambda args: llama_build.build_key("llama-cpp-python==0.3.36", args)  # noqa: E731
+    assert key(xeon) != key(avx2_only) and key(xeon) == key(llama_build.cmake_args(set(sapphire_rapids)))
+    assert peers.compiled_features("CPU : SSE3 = 1 | AVX2 = 1 | AMX_INT8 = 0 | REPACK = 1 | ") == "SSE3 AVX2 REPACK"
+
+
+def test_a_peer_that_crashes_hangs_or_is_missing_costs_its_own_row_only(bench, tiny):
+    """A peer in a child that segfaults (as llama.cpp did on a Sapphire Rapids Xeon), one that
+    hangs and one whose package is missing: each becomes rows that say so, in the table, the
+    report and the chart; the lab's own rows are measured as without them; no child is left."""
+    import multiprocessing
+
+    import peer_doubles
+    from labkit import report
+    from labkit.peer_process import PeerProcess
+
+    def peer(name, opener, args=(), timeout_s=60.0):
+        return decode_bench.Engine(name, "int8", True, 1000, lambda: PeerProcess(name, opener, args, timeout_s))
+
+    ours = decode_bench.engines(tiny, 2, log=lambda _: None, peers=False)
+    table = [ours[0], ours[5], peer("segfaulting", peer_doubles.segfaulting),
+             peer("hanging", peer_doubles.hanging, timeout_s=3), peer("missing", peer_doubles.not_installed),
+             peer("working", peer_doubles.counting, ([7] * 32,))]
+    log = []
+    measured = decode_bench.measure(tiny, table, lengths=(16,), threads=2, log=log.append)
+    status = dict(zip(measured["engine"], measured["status"]))
+    assert status == {"pytorch": "ok", "onnxruntime": "ok", "segfaulting": "crashed (SIGSEGV) in a run",
+                      "hanging": "timed out after 3 s in a run",
+                      "missing": "failed in opening: ModuleNotFoundError: No module named 'labkit_no_such_engine'",
+                      "working": "ok"}
+    assert any("segfaulting int8: crashed (SIGSEGV)" in line for line in log)
+    mine = measured.set_index("engine").loc[["pytorch", "onnxruntime"]]
+    alone = bench.iloc[[0, 5]].set_index("engine")
+    assert mine["agreement"].tolist() == alone["agreement"].tolist() and (mine["tok_s"] > 0).all()
+    working = measured.set_index("engine").loc["working"]
+    assert working["build"] == "counting double" and working["tok_s"] > 0 and working["peak_rss_gb"] > 0
+    failed = measured[measured["status"].str.startswith(("crashed", "timed", "failed"))]
+    assert failed["tok_s"].isna().all() and (failed["cpu"] == measured["cpu"].iloc[0]).all()
+    assert multiprocessing.active_children() == []
+
+    markdown = report.bench_table(measured)
+    assert "| segfaulting INT8, KV cache | 0.0 MB | crashed (SIGSEGV) in a run |" in markdown
+    figure = charts.deployment_summary(measured, prompt_len=16)
+    notes = [text.get_text() for text in figure.axes[1].texts if text.get_color() == "tab:red"]
+    assert notes == ["crashed (SIGSEGV) in a run", "timed out after 3 s in a run", status["missing"]]
 
 
 def test_no_cache_rows_check_a_guess_of_their_answer_in_one_pass(bench, tiny):
@@ -183,3 +249,51 @@ def test_no_cache_rows_check_a_guess_of_their_answer_in_one_pass(bench, tiny):
         assert run.answer(ids, 12, loop) == run.answer(ids, 12, wrong) == run.answer(ids, 12, []) == loop
         checked.append((row.engine, row.precision))
     assert checked == [("pytorch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")]
+
+
+def test_the_chat_graph_rule_puts_quality_before_speed():
+    """chat_graph.choose: no worse than kv-int8 on both perplexities and on answers, then the
+    fastest; a faster graph that answers fewer questions, or whose perplexity is higher by
+    more than the margin, is left out and named."""
+    import pandas as pd
+
+    from labkit import chat_graph
+
+    def row(graph, ppl_en, ppl_zh, correct, tok_s):
+        return {"graph": graph, "ppl_en": ppl_en, "ppl_zh": ppl_zh, "correct": correct, "questions": 6,
+                "tok_s": tok_s}
+
+    base = row("kv-int8", 26.86, 13.48, 4, 58.7)
+    table = pd.DataFrame([row("kv-fp32", 24.49, 12.76, 5, 40.0), base, row("fused-int8", 24.28, 12.79, 5, 93.3),
+                          row("fused-int4", 28.0, 13.0, 6, 120.0), row("fused-fp32", 24.49, 12.76, 5, 45.0)])
+    graph, why = chat_graph.choose(table)
+    assert graph == "fused-int8" and "left out on quality: fused-int4" in why and "93.3 tok/s" in why
+    within_margin = table.assign(ppl_en=table["ppl_en"].where(table["graph"] != "fused-int4", 26.86 * 1.009))
+    assert chat_graph.choose(within_margin)[0] == "fused-int4"
+    fewer_answers = table.assign(correct=table["correct"].where(~table["graph"].str.startswith("fused"), 3))
+    assert chat_graph.choose(fewer_answers)[0] == "kv-int8"  # kv-fp32 is as good but slower
+
+
+def test_the_chat_graph_is_measured_once_until_a_graph_changes(bench, tiny):
+    """Every candidate on the held-out prompts in one conversation; the measurement is reused
+    until one of its graphs is rebuilt."""
+    from labkit import chat_graph
+
+    log = []
+    table = chat_graph.measure(tiny, threads=2, log=log.append)
+    from labkit import fused
+
+    assert fused.unsupported(tiny.model.config)  # head size 8: no fused candidates for this model
+    assert list(table["graph"]) == chat_graph.candidates(tiny) == ["kv-fp32", "kv-int8"]
+    assert (table["questions"] == 6).all() and (table["tok_s"] > 0).all()
+    assert all(len(replies) == 8 for replies in table["replies"])
+    kv_fp32 = table.set_index("graph").loc["kv-fp32"]
+    assert kv_fp32["ppl_en"] == pytest.approx(bench.loc[bench["precision"].eq("fp32") & bench["cache"], "ppl_en"].iloc[0],
+                                              rel=1e-3)  # the benchmark's perplexity of the same graph
+    assert chat_graph.measure(tiny, threads=2, log=log.append)["replies"].tolist() == table["replies"].tolist()
+    assert "reusing" in log[-1]
+    graph = artifacts.path(tiny, "kv-int8")
+    later = time.time() + 20
+    os.utime(graph, (later, later))
+    chat_graph.measure(tiny, threads=2, log=log.append)
+    assert "measuring" in log[-len(table) - 1]

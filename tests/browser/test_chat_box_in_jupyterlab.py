@@ -41,6 +41,9 @@ def lab(tmp_path_factory):
     if not Path(CHROMIUM).exists():
         pytest.fail("no Chromium: apt-get install chromium (Debian's package; Playwright's own download is "
                     "not used)")
+    if not subprocess.run(["fc-list", ":lang=zh", "family"], capture_output=True, text=True).stdout.strip():
+        pytest.fail("no Chinese font: the screenshot would show every Chinese label as empty boxes. "
+                    "apt-get install fonts-noto-cjk")
     folder = tmp_path_factory.mktemp("lab")
     shutil.copy(REPO / "source" / "llm_lab" / "04_chat.ipynb", folder / "04_chat.ipynb")
     port = free_port()
@@ -101,10 +104,13 @@ def test_chat_box_streams_a_reply(lab):
             time.sleep(0.05)
         expect(done).to_be_visible(timeout=1000)
         final = reply.inner_text()
+        graphs = page.locator(".labkit-graphs select").last  # the student's INT8 first, FP32 and fused beside it
+        options = graphs.locator("option").all_inner_texts()
         transcript.scroll_into_view_if_needed()
         page.screenshot(path=str(screenshot), full_page=False)
         browser.close()
     assert len(final.split(":", 1)[1].strip()) > 10, final  # "<model>: <answer>"
+    assert options == [label("chat.graph_mine"), label("chat.graph_fp32"), label("chat.graph_fused")], options
     partial = [t for t in seen if t != final and t.split(":", 1)[1].strip() not in ("", "…")]
     assert partial, f"the reply never showed up part-written; states seen: {seen}"
     print(f"screenshot: {screenshot}")
