@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -78,9 +79,21 @@ class Outcome:
 
 # ---------------------------------------------------------------- course side
 
+MAX_FILE_BYTES = 256 * 2**20  # a file a job carries; a notebook with its outputs is a few MB
+
+
 def _files(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and ".ipynb_checkpoints" not in p.parts}
+    """The regular files below `folder` as bytes. Links are not followed and nothing else
+    (a FIFO, a device) is opened; a file over MAX_FILE_BYTES is left out."""
+    found = {}
+    for parent, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if d != ".ipynb_checkpoints")
+        for name in sorted(files):
+            path = Path(parent, name)
+            info = path.lstat()
+            if stat.S_ISREG(info.st_mode) and info.st_size <= MAX_FILE_BYTES:
+                found[str(path.relative_to(folder))] = path.read_bytes()
+    return found
 
 
 def _write_files(folder: Path, files: dict[str, bytes]) -> None:
@@ -173,10 +186,14 @@ def _run_limited(cmd: list[str], cwd: Path, env: dict, limits: Limits) -> tuple[
             proc.wait()
             break
         time.sleep(0.5)
-    log.seek(0)
-    text = log.read()
+    # The end only: the student's kernel writes to this file too, and could make it any size.
+    size = os.fstat(log.fileno()).st_size
+    text = os.pread(log.fileno(), LOG_TAIL_BYTES, max(0, size - LOG_TAIL_BYTES)).decode(errors="replace")
     log.close()
     return code, text, peak
+
+
+LOG_TAIL_BYTES = 2**20
 
 
 def grade_submission(job: Job) -> Outcome:

@@ -294,6 +294,9 @@ TEXTS: dict[str, tuple[str, str]] = {
     "referee.cell_failed": (
         "（重新运行你的单元格时，第 {cell} 个单元格出错：{error}）",
         "(when your cells were run again: cell {cell}: {error})"),
+    "referee.check_failed": (
+        "检查无法使用你的结果：{error}（你的函数返回了应有的类型吗？）",
+        "the check could not use your result: {error} (does your function return what the task asks for?)"),
     "referee.timeout": (
         "你的代码没有在时限内完成{limit}。",
         "your code did not finish in time{limit}"),

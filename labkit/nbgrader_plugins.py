@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -102,13 +103,7 @@ class SandboxedKernelManager(AsyncKernelManager):
             sockets = Path(tempfile.mkdtemp(prefix="lk-"))  # short: a socket path has at most 107 bytes
             self.transport, self.ip = "ipc", str(sockets / "k")
             self.connection_file = str(sockets / "kernel.json")
-            artifacts = _artifacts_for(cwd)
-            # One home for the submission's notebooks: matplotlib's font cache is built once.
-            self._sandbox = sandbox.spec_for(
-                cwd, writable={str(sockets): sockets, f"{sandbox.MOUNT_ROOT}/artifacts": artifacts,
-                               f"{sandbox.MOUNT_ROOT}/home": artifacts / ".home"},
-                env={paths.ARTIFACTS_ENV: f"{sandbox.MOUNT_ROOT}/artifacts"})
-            self._sandbox["cleanup"].append(str(sockets))
+            self._sandbox = kernel_spec(cwd, sockets)
         return await super()._async_pre_start_kernel(**kw)
 
     def format_kernel_cmd(self, extra_arguments=None):
@@ -119,6 +114,17 @@ class SandboxedKernelManager(AsyncKernelManager):
         await super()._async_cleanup_resources(restart)
         if self._sandbox and not restart:
             sandbox.cleanup(self._sandbox)
+
+
+def kernel_spec(cwd: Path, sockets: Path) -> dict:
+    """The sandbox of a student's kernel working in `cwd` (autograded/<student>/<assignment>):
+    its sockets' folder and the submission's artifacts writable. Its home is new for each
+    kernel, made here: a home inside the artifacts folder, which the student's earlier kernel
+    could write, let a student put a link to the course in its place, and root followed it."""
+    spec = sandbox.spec_for(cwd, writable={str(sockets): sockets, f"{sandbox.MOUNT_ROOT}/artifacts": _artifacts_for(cwd)},
+                            env={paths.ARTIFACTS_ENV: f"{sandbox.MOUNT_ROOT}/artifacts"}, student=cwd.parent.name)
+    spec["cleanup"].append(str(sockets))
+    return spec
 
 
 def _artifacts_for(cwd: Path) -> Path:
@@ -132,10 +138,17 @@ def _artifacts_for(cwd: Path) -> Path:
     parent = Path(tempfile.gettempdir()) / "labkit-autograde-artifacts"
     student = cwd.parent.name  # autograded/<student>/<assignment>
     parent.mkdir(mode=0o700, exist_ok=True)
-    for other in parent.iterdir():
-        if other.name != student:
+    info = parent.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+        raise RuntimeError(f"{parent} is not a folder of the grader's own: remove it and grade again")
+    for other in parent.iterdir():  # rmtree does not follow links
+        if other.name != student or student not in _FRESH:  # a new grading process: a new uid, new files
             shutil.rmtree(other, ignore_errors=True)
+    _FRESH.add(student)
     return parent / student
+
+
+_FRESH: set[str] = set()  # students whose artifacts this process started afresh
 
 
 class Referee(NbGraderPreprocessor):

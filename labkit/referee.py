@@ -44,6 +44,10 @@ CHILD_START_S = 120.0              # importing torch and labkit
 CELL_S = 120.0                     # one student cell in the child (nbgrader's cell timeout when set)
 PROBE_S = 300.0                    # one probe
 GRACE_S = 60.0                     # beyond the child's own limits, before the referee stops it
+# The most the child may take over one notebook's cells, however many cells a student adds:
+# each cell has its own limit in the child, and a child that blocks its alarm is stopped here.
+NOTEBOOK_S = 1800.0
+LOG_TAIL_BYTES = 4096              # what the referee reads of the child's own output
 # A cell nbgrader already stopped at its time limit has had its time: run again, it gets this
 # long, enough for what it defines before the slow part. Running it for the full limit again
 # doubled what an endless loop cost (notebook 01: 116 s with a 45 s limit, against 26 s).
@@ -127,14 +131,14 @@ class Child:
     """A fresh interpreter running one submission's cells, notebook after notebook, asked one
     probe at a time. It is started with every notebook's answers disarmed."""
 
-    def __init__(self, forbidden: list[str]):
+    def __init__(self, forbidden: list[str], student: str = ""):
         self.workdir = Path(tempfile.mkdtemp(prefix="labkit-referee-"))
         self.hits: list[str] = []
         self.cells: list[dict] = []
         self.stripped = Path(tempfile.mkdtemp(prefix="labkit-stripped-"))
         package = lockdown.strip(forbidden, self.stripped)
         isolated = sandbox.isolation() == "sandbox"
-        self.spec = sandbox.spec_for(self.workdir, package=package)
+        self.spec = sandbox.spec_for(self.workdir, package=package, student=student, referee=True)
         env = dict(os.environ)
         if not isolated:  # the copy comes first on the path (labkit's editable finder comes last)
             env["PYTHONPATH"] = os.pathsep.join([str(self.stripped), *filter(None, [env.get("PYTHONPATH")])])
@@ -169,7 +173,7 @@ class Child:
         limits = [min(cell_s, TIMED_OUT_CELL_S) if n in timed_out else cell_s for n in range(len(cells))]
         self.cells = self._ask({"prelude": prelude, "context": wire.encode(context), "cells": cells,
                                 "limits": limits, "cell_s": cell_s},
-                               CHILD_START_S + sum(limits) + GRACE_S)["cells"]
+                               CHILD_START_S + min(sum(limits), max(cell_s, NOTEBOOK_S)) + GRACE_S)["cells"]
         for cell in self.cells:
             self.hits += [str(h) for h in cell["hits"]][:20]
 
@@ -177,7 +181,7 @@ class Child:
         try:
             self.proc.stdin.write(wire.dumps(message) + "\n")
             self.proc.stdin.flush()
-        except (BrokenPipeError, OSError) as exc:
+        except (OSError, ValueError) as exc:  # ValueError: closed after an earlier probe timed out
             raise ChildGone(self._gone()) from exc
 
     def _gone(self) -> str:
@@ -185,9 +189,16 @@ class Child:
             code = self.proc.wait(timeout=2)
         except subprocess.TimeoutExpired:
             return say("referee.timeout", limit="")
-        self.log.seek(0)
-        last = [line for line in self.log.read()[-2000:].splitlines() if line.strip()][-1:]
+        last = [line for line in self.log_tail().splitlines() if line.strip()][-1:]
         return say("referee.process_ended", code=code, last=": " + last[0][:200] if last else "")
+
+    def log_tail(self) -> str:
+        """The end of the child's own output. Only the end: the child can make its output
+        file any size, sparse terabytes included."""
+        with contextlib.suppress(OSError, ValueError):
+            size = os.fstat(self.log.fileno()).st_size
+            return os.pread(self.log.fileno(), LOG_TAIL_BYTES, max(0, size - LOG_TAIL_BYTES)).decode(errors="replace")
+        return ""
 
     def _receive(self, timeout: float) -> dict:
         deadline = time.monotonic() + timeout
@@ -213,8 +224,10 @@ class Child:
             self.close()
             raise ChildGone(say("referee.garbled")) from exc
 
-    def run(self, code: str, timeout: float = PROBE_S, **inputs) -> Reply:
-        """Evaluate `code` (an expression over the student's names; `probe` holds `inputs`)."""
+    def run(self, code: str, timeout: float | None = None, **inputs) -> Reply:
+        """Evaluate `code` (an expression over the student's names; `probe` holds `inputs`)
+        within `timeout` seconds (default PROBE_S)."""
+        timeout = PROBE_S if timeout is None else timeout
         started = time.perf_counter()
         message = self._ask({"code": code, "inputs": wire.encode(inputs), "seconds": timeout}, timeout + GRACE_S)
         seconds = time.perf_counter() - started
@@ -226,7 +239,7 @@ class Child:
             value, message = None, {"ok": False, "error": say("referee.unreadable_value")}
         return Reply(bool(message.get("ok")), value, str(message.get("error", ""))[:2000], hits, seconds)
 
-    def value(self, code: str, what: str, timeout: float = PROBE_S, **inputs):
+    def value(self, code: str, what: str, timeout: float | None = None, **inputs):
         """The probe's value; a failed probe fails the task with what raised."""
         reply = self.run(code, timeout, **inputs)
         if not reply.ok:
@@ -307,7 +320,7 @@ def child_for(student: str) -> Child:
     if child is None or child.proc.poll() is not None:
         for other in list(_CHILDREN):  # nbgrader grades one submission after another
             _CHILDREN.pop(other).close()
-        child = _CHILDREN[student] = Child(verdicts.forbidden())
+        child = _CHILDREN[student] = Child(verdicts.forbidden(), student)
     return child
 
 
@@ -330,34 +343,59 @@ def grade_notebook(name: str, nb, draw_seed: int, student: str = "", cell_s: flo
     rng = np.random.default_rng(draw_seed)
     with trusted_artifacts():
         ctx = spec.context(rng)
-    try:
+    where = _student_indices(nb)
+
+    def ran_cells() -> Child:
         child = child_for(student)
-        where = _student_indices(nb)
         child.notebook(spec.prelude, ctx.for_child, [nb.cells[i].source for i in where], cell_s,
                        [n for n, i in enumerate(where) if i in timed_out])
+        return child
+
+    try:
+        child = ran_cells()
     except ChildGone as exc:
         report.verdicts = {gid: Verdict(False, str(exc)) for gid in spec.tasks}
         return report
+    hits: list[str] = []
     with tempfile.TemporaryDirectory(prefix="labkit-referee-") as scratch:
         ctx.scratch = Path(scratch)
         for grade_id, task in spec.tasks.items():
-            before = len(child.hits)
-            try:
-                with trusted_artifacts():
-                    task(child, ctx)
-                verdict = Verdict(True)
-            except AssertionError as exc:
-                verdict = Verdict(False, str(exc))
-            reached = child.hits[before:]
-            if reached:
-                verdict = Verdict(False, say("referee.reference_called", name=reached[0]))
-            report.verdicts[grade_id] = verdict
-    report.integrity = _integrity(name, child) + [f"{name}: {sign}" for sign in integrity.scan(student_cells(nb))]
+            report.verdicts[grade_id], child = _verdict(task, child, ctx, ran_cells)
+            hits += child.hits
+    report.integrity = (_integrity(name, child, hits)
+                        + [f"{name}: {sign}" for sign in integrity.scan(student_cells(nb))])
     return report
 
 
-def _integrity(name: str, child: Child) -> list[str]:
-    found = [f"{name}: called {h}" for h in dict.fromkeys(child.hits)]
+def _verdict(task, child: Child, ctx, ran_cells) -> tuple[Verdict, Child]:
+    """One task's verdict, and the child for the next task. A task costs itself only: an
+    error of the check itself (a student's function that returned None, say) fails this task
+    with what went wrong, and a child that stopped answering (a probe past its time limit) is
+    replaced, the notebook's cells run again, for the next task."""
+    before = len(child.hits)
+    try:
+        with trusted_artifacts():
+            task(child, ctx)
+        verdict = Verdict(True)
+    except ChildGone as exc:
+        verdict = Verdict(False, str(exc))
+        try:
+            child = ran_cells()
+        except ChildGone:
+            pass  # the next task fails the same way, saying so
+        return verdict, child
+    except AssertionError as exc:
+        verdict = Verdict(False, str(exc))
+    except Exception as exc:  # noqa: BLE001 - the check's own error, caused by what the student returned
+        verdict = Verdict(False, say("referee.check_failed", error=f"{type(exc).__name__}: {exc}"[:300]))
+    reached = child.hits[before:]
+    if reached:
+        verdict = Verdict(False, say("referee.reference_called", name=reached[0]))
+    return verdict, child
+
+
+def _integrity(name: str, child: Child, hits: list[str]) -> list[str]:
+    found = [f"{name}: called {h}" for h in dict.fromkeys(hits)]
     found += [f"{name}: cell {i + 1} refused ({c['error'][:120]})" for i, c in enumerate(child.cells)
               if not c["ok"] and any(mark in c["error"] for mark in REFUSAL_MARKS)]
     return found

@@ -397,3 +397,33 @@ def test_a_cell_nbgrader_stopped_at_its_limit_gets_a_short_second_run(tmp_path):
     assert len(errors) == 1 and errors[0].startswith(
         f"TimeoutError: stopped after {referee.TIMED_OUT_CELL_S:.0f} s "
         "(it had already run past the 30 s limit in your notebook) (cell 2, line"), errors
+
+
+@pytest.mark.slow
+def test_a_check_that_cannot_use_the_answer_or_a_probe_that_hangs_costs_its_task_only(tmp_path, monkeypatch):
+    """Issue 39: a forgotten `return` (the check's own TypeError, in nbgrader's process, used
+    to fail the whole submission) and a probe that blocks the child's alarm and never returns
+    (the next task then hit a closed pipe). Each fails its own task with a message that says
+    what happened; the child is replaced and the notebook's other tasks score."""
+    import nbformat
+
+    answers = {c.metadata.get("nbgrader", {}).get("grade_id"): course.solution_code(c.source)
+               for c in nbformat.read(SOURCE / "01_env.ipynb", as_version=4).cells}
+    forgot_return = answers["param-count"].replace("    return embedding", "    embedding")
+    hangs = ("import signal, time\n\n\ndef weight_bytes(n_params, dtype):\n"
+             "    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})\n    time.sleep(3600)\n")
+    monkeypatch.setattr(referee, "PROBE_S", 4.0)
+    monkeypatch.setattr(referee, "GRACE_S", 2.0)
+    out = course.write_submission(RELEASE / "01_env.ipynb", SOURCE / "01_env.ipynb", tmp_path / "01_env.ipynb",
+                                  overrides={"param-count": forgot_return, "weight-bytes": hangs})
+    try:
+        report = referee.grade_notebook("01_env", nbformat.read(out, as_version=4), 20261129, "slips")
+    finally:
+        referee._CHILDREN.pop("slips").close()
+    failed = {g: v.message for g, v in report.verdicts.items() if not v.passed}
+    assert set(failed) == {"test-param-count", "test-weight-bytes"}, failed
+    assert "the check could not use your result: TypeError" in failed["test-param-count"]
+    assert "did not finish in time (6 s)" in failed["test-weight-bytes"]  # PROBE_S + GRACE_S
+    points = graded_points(SOURCE / "01_env.ipynb")
+    assert sum(points[g] for g, v in report.verdicts.items() if v.passed) == (
+        sum(points.values()) - points["test-param-count"] - points["test-weight-bytes"])
