@@ -235,9 +235,15 @@ def kv_prefill_logits(path: str | Path, model, length: int = 7) -> None:
     assert diff <= LOGIT_TOLERANCE, say("kv.prefill", diff=diff, limit=LOGIT_TOLERANCE)
 
 
-def faster(fast, slow, repeats: int = 2) -> float:
+# How much faster than recomputing the whole sequence a cached loop must be, after a
+# 256-token prompt with 8 new tokens: one prefill and 7 one-token steps against 8 prefills,
+# several times faster on any CPU; a loop without a cache is about 1x.
+CACHE_SPEEDUP = 2.0
+
+
+def faster(fast, slow, repeats: int = 2, at_least: float = 1.0) -> float:
     """Best-of-`repeats` time of `slow()` over `fast()`, measured now, side by side;
-    fails unless `fast` is faster. Returns the ratio."""
+    fails unless `fast` is `at_least` times as fast. Returns the ratio."""
     import time
 
     def best(fn):
@@ -249,7 +255,7 @@ def faster(fast, slow, repeats: int = 2) -> float:
         return min(times)
 
     ratio = best(slow) / best(fast)
-    assert ratio > 1, say("kv.slower", times=1 / ratio)
+    assert ratio > at_least, say("kv.slower", speedup=ratio, needed=at_least)
     return ratio
 
 

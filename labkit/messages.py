@@ -68,6 +68,10 @@ TEXTS: dict[str, tuple[str, str]] = {
     "patch.still_fails": (
         "在你的补丁里，vmap 路径上的 TorchScript 导出仍然失败：{error}",
         "the TorchScript export on the vmap path still fails inside your patch: {error}"),
+    "patch.off_the_path": (
+        "导出的计算图里没有 vmap 掩码路径加入的索引掩码（kv >= 0）：导出没有走这条路径。请不要改动 mask_patch，只写你的补丁。",
+        "the exported graph lacks the index mask (kv >= 0) the vmap mask path adds: the export did not take that "
+        "path. Leave mask_patch as it is and write the patch."),
     "patch.logits": (
         "在你的补丁里导出的计算图算出的 logits 与模型不同：请把所有参数原样传给原来的掩码函数。",
         "the graph exported inside your patch does not compute the model's logits: pass every argument "
@@ -258,9 +262,11 @@ TEXTS: dict[str, tuple[str, str]] = {
         "{call} 的开头是 {got}，应为 {expected}（共 {n} 个：每层一个 key 和一个 value，逐层排列）。",
         "{call} starts {got}, expected {expected} ({n} in all: a key and a value per layer, layer by layer)"),
     "kv.slower": (
-        "你的带缓存循环用时是无缓存循环的 {times:.2f} 倍：解码步是否只输入新 token，并带上一步返回的 past？",
-        "your cached loop took {times:.2f}x the time of the no-cache loop: is the decode step feeding only the "
-        "new token, with the past from the previous call?"),
+        "你的带缓存循环只比每步重算整个序列快 {speedup:.2f} 倍（至少要 {needed:.0f} 倍）：解码步是否只输入新 token，"
+        "并带上一步返回的 past？",
+        "your cached loop is only {speedup:.2f}x as fast as recomputing the whole sequence every step (at least "
+        "{needed:.0f}x is expected): is the decode step feeding only the new token, with the past from the previous "
+        "call?"),
     "kv.speed_raised": (
         "在 256 个 token 的提示上，cached_generate 抛出了 {error}",
         "cached_generate on a 256-token prompt raised {error}"),

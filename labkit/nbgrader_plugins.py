@@ -104,6 +104,7 @@ class SandboxedKernelManager(AsyncKernelManager):
             self.transport, self.ip = "ipc", str(sockets / "k")
             self.connection_file = str(sockets / "kernel.json")
             self._sandbox = kernel_spec(cwd, sockets)
+            self._sandbox["give"] = [self.connection_file]  # written by jupyter_client before the launch
         return await super()._async_pre_start_kernel(**kw)
 
     def format_kernel_cmd(self, extra_arguments=None):

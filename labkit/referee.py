@@ -139,6 +139,9 @@ class Child:
         package = lockdown.strip(forbidden, self.stripped)
         isolated = sandbox.isolation() == "sandbox"
         self.spec = sandbox.spec_for(self.workdir, package=package, student=student, referee=True)
+        # Where the child's files land: in the sandbox, the folder it sees as its own (a new
+        # one, made by spec_for); without one, the working folder itself.
+        self.files = Path(self.spec["work"]) if isolated else self.workdir
         env = dict(os.environ)
         if not isolated:  # the copy comes first on the path (labkit's editable finder comes last)
             env["PYTHONPATH"] = os.pathsep.join([str(self.stripped), *filter(None, [env.get("PYTHONPATH")])])
@@ -166,12 +169,12 @@ class Child:
         return self._receive(timeout)
 
     def notebook(self, prelude: str, context: dict, cells: list[str], cell_s: float = CELL_S,
-                 timed_out: list[int] = ()) -> None:
+                 timed_out: list[int] = (), trusted: str = "") -> None:
         """Run the next notebook's prelude and the student's cells in a fresh namespace; the
         cells at positions `timed_out` get `TIMED_OUT_CELL_S` instead of `cell_s`."""
         self.hits = []
         limits = [min(cell_s, TIMED_OUT_CELL_S) if n in timed_out else cell_s for n in range(len(cells))]
-        self.cells = self._ask({"prelude": prelude, "context": wire.encode(context), "cells": cells,
+        self.cells = self._ask({"prelude": prelude, "trusted": trusted, "context": wire.encode(context), "cells": cells,
                                 "limits": limits, "cell_s": cell_s},
                                CHILD_START_S + min(sum(limits), max(cell_s, NOTEBOOK_S)) + GRACE_S)["cells"]
         for cell in self.cells:
@@ -348,7 +351,7 @@ def grade_notebook(name: str, nb, draw_seed: int, student: str = "", cell_s: flo
     def ran_cells() -> Child:
         child = child_for(student)
         child.notebook(spec.prelude, ctx.for_child, [nb.cells[i].source for i in where], cell_s,
-                       [n for n, i in enumerate(where) if i in timed_out])
+                       [n for n, i in enumerate(where) if i in timed_out], spec.trusted)
         return child
 
     try:

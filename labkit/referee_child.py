@@ -52,14 +52,19 @@ def _time_limit(seconds: float, why: str = ""):
         signal.signal(signal.SIGALRM, previous)
 
 
-def _run_cells(setup: dict) -> tuple[dict, list[dict]]:
-    """A fresh namespace: the notebook's trusted prelude, then the student's cells."""
+def _run_cells(setup: dict) -> tuple[dict, dict, list[dict]]:
+    """A fresh namespace: the notebook's trusted prelude, then the student's cells. Before
+    them, the referee's own names (`trusted`) in a namespace the cells never see; a probe
+    sees them over the student's."""
     namespace = {"__name__": "__main__", "context": wire.decode(setup["context"])}
+    trusted: dict = {"__name__": "__referee__"}
     try:
         exec(compile(setup["prelude"], "<referee prelude>", "exec"), namespace)
+        exec(compile(setup.get("trusted", ""), "<referee trusted>", "exec"), trusted)
     except Exception:  # noqa: BLE001 - the referee's own fault, not the student's: say so
-        return namespace, [{"ok": False, "error": "the grader's setup failed: "
-                            + traceback.format_exc(limit=-3).strip().replace("\n", " | "), "hits": []}]
+        return namespace, {}, [{"ok": False, "error": "the grader's setup failed: "
+                                + traceback.format_exc(limit=-3).strip().replace("\n", " | "), "hits": []}]
+    trusted = {k: v for k, v in trusted.items() if not k.startswith("_")}
     cells = []
     for i, code in enumerate(setup["cells"]):
         before = len(lockdown.HITS)
@@ -72,7 +77,7 @@ def _run_cells(setup: dict) -> tuple[dict, list[dict]]:
         except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt too: the cell failed
             cells.append({"ok": False, "error": _error(exc)})
         cells[-1]["hits"] = lockdown.HITS[before:]
-    return namespace, cells
+    return namespace, trusted, cells
 
 
 def main(fd: int) -> None:
@@ -85,17 +90,18 @@ def main(fd: int) -> None:
         importlib.import_module(module)
     send({"ready": True})
     namespace: dict = {}
+    trusted: dict = {}
     for line in sys.stdin:
         message = json.loads(line)
         if "cells" in message:  # the next notebook
-            namespace, cells = _run_cells(message)
+            namespace, trusted, cells = _run_cells(message)
             send({"cells": cells})
             continue
-        namespace["probe"] = wire.decode(message["inputs"])
+        scope = {**namespace, **trusted, "probe": wire.decode(message["inputs"])}
         before = len(lockdown.HITS)
         try:
             with _time_limit(message["seconds"]):
-                value = eval(compile(message["code"], "<probe>", "eval"), namespace)
+                value = eval(compile(message["code"], "<probe>", "eval"), scope)
             reply = {"ok": True, "value": wire.encode(value)}
         except BaseException as exc:  # noqa: BLE001
             reply = {"ok": False, "error": _error(exc)}

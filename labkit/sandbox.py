@@ -218,6 +218,17 @@ def _own_folder(path: str, uid: int) -> int:
         os.close(fd)
 
 
+def _own_file(path: str, uid: int) -> None:
+    """Give the grader's own file `path` to `uid`: a regular file, not followed if a link."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"sandbox: refusing {path}: not a regular file")
+        os.fchown(fd, uid, uid)
+    finally:
+        os.close(fd)
+
+
 def _enter(spec: dict) -> int:
     """Everything up to the student's command: namespaces, mounts, then a fork, whose child
     (the new PID namespace's first process) drops to the sandbox uid and returns 0; the
@@ -229,6 +240,8 @@ def _enter(spec: dict) -> int:
     _mount(libc, None, "/", None, _MS_REC | _MS_PRIVATE)
     # Opened in the new namespace (a bind from another namespace's mount fails), before hiding.
     fds = {target: (_own_folder(source, uid), False) for target, source in spec["rw"].items()}
+    for path in spec.get("give", []):  # files this grading process wrote for the process (its connection file)
+        _own_file(path, uid)
     fds[cwd] = (_own_folder(spec["work"], uid), False)
     fds.update({target: (os.open(source, os.O_PATH), True) for target, source in spec["ro"].items()
                 if os.path.exists(source)})

@@ -29,6 +29,8 @@ def test_lab_writes_its_report(tmp_path, capsys):
     assert "Paris" in report and "greedy 32 tokens identical on 3/3" in report
     chats = report.split("## 04 Chat")[1].split("## 05")[0]
     assert "Paris" in chats.split("### INT8, KV cache")[1]  # under the chat's system turn (issue 17)
+    default = chats.split("### The chat's default graph")[1]  # chat_graph.py's rule, measured here
+    assert "the fastest" in default and "Paris" in default and ("7 days" in default or "seven" in default)
     quant = report.split("## 03 INT8 static quantization")[1].split("## 04")[0]
     assert "| FP32 | 542." in quant and "(100.0%)" in quant and "| INT8 | 1" in quant
     bench = report.split("## 05")[1]

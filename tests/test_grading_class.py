@@ -134,6 +134,28 @@ sys.excepthook = lambda *args: None
 """
 WEIGHT_BYTES_MESSAGE = "fp16 stores each weight in 2 bytes"
 
+
+def escape_attempts(course_root) -> dict:
+    """Issue 39's escapes, from a student who knows where the course lives: links named like
+    the next notebooks to the gradebook and the key (nbgrader wrote through them as root),
+    a link to the course where the kernel's home used to be kept, a FIFO, a double-forked
+    process, and a look for the course in the environment. Run by the kernel and again by the
+    referee's child; the answers themselves are right."""
+    return {"count-tokens": f"""\
+import os, time
+course = {str(course_root)!r}
+for name, target in (("03_quant.ipynb", "gradebook.db"), ("04_chat.ipynb", ".labkit-referee-key")):
+    os.symlink(os.path.join(course, target), name)
+os.symlink(course, os.path.join(os.environ.get("LABKIT_ARTIFACTS", "."), ".home"))
+os.mkfifo("05_kvcache.ipynb")
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        time.sleep(600)
+    os._exit(0)
+print("SEEN", sorted(k for k, v in os.environ.items() if course in v), os.path.exists(course))
+""" + OTHER_COUNT_TOKENS}
+
 # student: (answers written into the solution cells, edits to the notebook, score,
 #           problems and integrity notes: substrings of the summary's; none expected when empty)
 CASES = {
@@ -174,12 +196,16 @@ CASES = {
     **{f"delegate_{how}": ({"param-count": code}, [], without("test-param-count"), ["test-param-count: AssertionError"],
                            ["01_env: called labkit.models.param_count"])
        for how, code in DELEGATE_PARAM_COUNT.items()},
+    # Reaching out of the sandbox (issue 39): the work is right, so full marks; nothing
+    # reached, nothing left (test_an_escape_reaches_nothing_and_leaves_nothing).
+    "escapes": (escape_attempts, [], FULL, [], ["01_env: cell 3: reaching for the instructor's files"]),
 }
 
 
 def _submit(root, student, answers, edits):
     release, source = root / "release" / course.ASSIGNMENT, root / "source" / course.ASSIGNMENT
     folder = root / "submitted" / student / course.ASSIGNMENT
+    answers = answers(root) if callable(answers) else answers
     how = dict(answers="blank") if answers == "blank" else dict(overrides=answers)
     out = course.write_submission(release / NB, source / NB, folder / NB, **how)
     for grade_id, how in edits:
@@ -213,6 +239,32 @@ def test_each_submission_gets_the_score_it_earned(graded, student):
     assert [f for f in flags if f not in noted] == [], noted
     if not flags:
         assert noted == ""
+
+
+def test_an_escape_reaches_nothing_and_leaves_nothing(graded):
+    """The escaping submission saw neither the course nor its path; the course is still
+    root's, file by file; the graded folder holds only the notebook nbgrader wrote; no process
+    of any submission is left (the double-forked ones died with their kernels)."""
+    import os
+
+    import psutil
+
+    from labkit import sandbox
+
+    root, _ = graded
+    nb = nbformat.read(root / "autograded" / "escapes" / course.ASSIGNMENT / NB, as_version=4)
+    printed = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+    assert "SEEN [] False" in printed, printed[-2000:]
+    assert [p for p in root.rglob("*") if p.lstat().st_uid >= sandbox.UID_BASE] == []
+    key = root / referee.KEY_FILE
+    assert key.stat().st_mode & 0o777 == 0o600 and len(key.read_bytes()) == 64
+    graded_folder = root / "autograded" / "escapes" / course.ASSIGNMENT
+    assert NB in {p.name for p in graded_folder.iterdir()}
+    assert [p.name for p in graded_folder.iterdir() if not p.is_file() or p.is_symlink() or "kvcache" in p.name
+            or "quant" in p.name or "chat" in p.name] == []
+    assert [p.pid for p in psutil.process_iter(["uids"])
+            if p.info["uids"] and p.info["uids"].real >= sandbox.UID_BASE] == []
+    assert os.path.isfile(root / "gradebook.db") and not (root / "gradebook.db").is_symlink()
 
 
 def test_a_hunt_for_the_answers_finds_nothing_to_print(graded):

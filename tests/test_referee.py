@@ -340,15 +340,19 @@ def test_reaching_for_labkits_answers_scores_zero_on_those_tasks_and_is_flagged(
 
 
 @pytest.mark.slow
-def test_a_cache_wrapper_that_drops_the_past_loses_only_its_task(tmp_path):
-    """Wrong work, not delegation: the model called without the cache it was handed. Its
-    graph has every name and a right prefill; its decode steps see no past."""
+def test_a_wrapper_that_drops_the_past_and_a_memoised_loop_lose_only_their_tasks(tmp_path):
+    """Wrong work, not delegation: the model called without the cache it was handed (its
+    graph has every name and a right prefill; its decode steps see no past). And a loop with
+    no cache at all, slow, that memoises its answers (issue 39): the speed check used to time
+    one prompt twice and keep the faster run, which the memo answered at once; its tokens are
+    right, so it loses the speed check only."""
     forgetful = KV_WRAPPER_DIFFERENT.replace("past_key_values=cache, ", "")
-    report, score, points = _grade(tmp_path, "05_kvcache", {**DIFFERENT["05_kvcache"], "kv-wrapper": forgetful},
-                                   "forgetful")
-    assert {g for g, v in report.verdicts.items() if not v.passed} == {"test-kv-wrapper"}
-    assert score == sum(points.values()) - points["test-kv-wrapper"]
+    report, score, points = _grade(tmp_path, "05_kvcache", {**DIFFERENT["05_kvcache"], "kv-wrapper": forgetful,
+                                                            "loop": MEMOISED_LOOP}, "forgetful")
+    assert {g for g, v in report.verdicts.items() if not v.passed} == {"test-kv-wrapper", "check-speed"}
+    assert score == sum(points.values()) - points["test-kv-wrapper"] - points["check-speed"]
     assert "tokens" in report.verdicts["test-kv-wrapper"].message
+    assert "as fast as recomputing the whole sequence" in report.verdicts["check-speed"].message
     assert report.integrity == []
 
 
@@ -427,3 +431,60 @@ def test_a_check_that_cannot_use_the_answer_or_a_probe_that_hangs_costs_its_task
     points = graded_points(SOURCE / "01_env.ipynb")
     assert sum(points[g] for g, v in report.verdicts.items() if v.passed) == (
         sum(points.values()) - points["test-param-count"] - points["test-weight-bytes"])
+
+
+MEMOISED_LOOP = """\
+import time
+
+_answers = {}
+
+
+def cached_generate(session, prompt_ids, max_new_tokens, stop_ids):
+    key = (np.asarray(prompt_ids).tobytes(), max_new_tokens, tuple(sorted(stop_ids)))
+    if key not in _answers:
+        time.sleep(0.5)
+        names = [i.name for i in session.get_inputs()]
+        kv_heads, head_dim = session.get_inputs()[3].shape[1], session.get_inputs()[3].shape[3]
+        empty = {n: np.zeros((1, kv_heads, 0, head_dim), np.float32) for n in names if n.startswith("past_key_values.")}
+        sequence, out = list(np.asarray(prompt_ids).reshape(-1)), []
+        for _ in range(max_new_tokens):
+            ids = np.array([sequence], dtype=np.int64)
+            logits = session.run(["logits"], {"input_ids": ids, "attention_mask": np.ones_like(ids),
+                                              "position_ids": np.arange(ids.shape[1], dtype=np.int64)[None], **empty})[0]
+            token = int(logits[0, -1].argmax())
+            if token in stop_ids:
+                break
+            out.append(token)
+            sequence.append(token)
+        _answers[key] = out
+    return list(_answers[key])
+"""
+
+GAMING = {
+    # The patch task with no patch: the vmap mask path turned off and `observe` answering "all
+    # done" (both names the task's own probes used to evaluate in the child).
+    "02_export": ({"patch": """\
+import contextlib
+
+mask_patch.vmap_mask_path = contextlib.nullcontext
+mask_patch.observe = lambda patch: {"replaced": True, "restored": True, "error_passed": True,
+                                    "restored_after_error": True}
+
+
+def index_based_mask():
+    return contextlib.nullcontext()
+"""}, "test-patch"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(GAMING))
+def test_points_from_the_referees_own_probes_are_gone(tmp_path, name):
+    """Issue 39: a submission that rebinds the helpers a probe used
+    loses exactly the task it gamed; the rest of the notebook is the reference's work and
+    keeps its points. (The memoised loop of notebook 05 is graded beside the forgetful
+    wrapper above: one grading of notebook 05 less.)"""
+    overrides, gamed = GAMING[name]
+    report, score, points = _grade(tmp_path, name, {**DIFFERENT[name], **overrides}, f"gaming-{name}")
+    assert {g for g, v in report.verdicts.items() if not v.passed} == {gamed}, report.verdicts
+    assert score == sum(points.values()) - points[gamed]
