@@ -341,7 +341,7 @@ def test_a_regrade_stops_a_submission_over_its_time_limit_and_scores_the_others_
     assert again.loc["solver", "score"] == table.loc["solver", "score"] == FULL
     assert course.submission_scores(root)["solver"] == (FULL, FULL)
     assert _processes_in("labkit-grade-loops-") == []  # the looping kernel did not outlive its limit
-    left = [p for pattern in ("lk-*", "labkit-referee-*", "labkit-stripped-*", "labkit-home-*")
+    left = [p for pattern in ("lk-*", "labkit-referee-*", "labkit-stripped-*", "labkit-home-*", "labkit-work-*")
             for p in Path(tempfile.gettempdir()).glob(pattern) if p.stat().st_mtime >= started]
     assert left == []  # nor the folders of its kernel and of the referee's child
 

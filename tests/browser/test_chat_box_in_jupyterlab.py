@@ -105,7 +105,7 @@ def test_chat_box_streams_a_reply(lab):
         expect(done).to_be_visible(timeout=1000)
         final = reply.inner_text()
         graphs = page.locator(".labkit-graphs select").last  # the student's INT8 first, FP32 and fused beside it
-        options = graphs.locator("option").all_inner_texts()
+        options = [o.replace("\xa0", " ") for o in graphs.locator("option").all_inner_texts()]  # ipywidgets: no-break spaces
         transcript.scroll_into_view_if_needed()
         page.screenshot(path=str(screenshot), full_page=False)
         browser.close()
