@@ -23,20 +23,20 @@ c.FileNameCollectorPlugin.named_regexp = r".*/(?P<student_id>[^/]+)/(?P<file_id>
 c.OverwriteCells.add_missing_cells = True
 
 # Scores come from the checks, not from stderr noise; feedback never shows hidden tests.
-# (labkit/nbgrader_plugins.py says why.)
+# (labkit/grading/nbgrader_plugins.py says why.)
 from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPreprocessor  # noqa: E402
 from nbgrader.preprocessors import (  # noqa: E402
     AssignLatePenalties, CheckCellMetadata, ClearOutput, DeduplicateIds, GetGrades, IgnorePattern, LimitOutput,
     OverwriteKernelspec, SaveAutoGrades)
 
-from labkit.nbgrader_plugins import (  # noqa: E402
+from labkit.grading.nbgrader_plugins import (  # noqa: E402
     HideHiddenTests, PrepareShared, Referee, RestoreCells, StderrIsNotAFailure, TimedExecute)
 
-# Scores come from labkit's referee (labkit/referee.py), which re-checks each graded cell
+# Scores come from labkit's referee (labkit/grading/referee.py), which re-checks each graded cell
 # outside the student's kernel; the checks in the notebook are the student's instant feedback.
-# The student's kernel runs in labkit's sandbox (labkit/sandbox.py): no instructor files, no
+# The student's kernel runs in labkit's sandbox (labkit/grading/sandbox.py): no instructor files, no
 # other submissions, no network, the shared artifacts read-only (PrepareShared builds them).
-c.Execute.kernel_manager_class = "labkit.nbgrader_plugins.SandboxedKernelManager"
+c.Execute.kernel_manager_class = "labkit.grading.nbgrader_plugins.SandboxedKernelManager"
 c.Autograde.sanitize_preprocessors = [
     ClearOutput, DeduplicateIds, OverwriteKernelspec, RestoreCells, CheckCellMetadata]
 c.Autograde.autograde_preprocessors = [

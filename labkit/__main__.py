@@ -50,7 +50,7 @@ def _install_model(args) -> int:
 
 
 def _install_peers(args) -> int:
-    from . import llama_build
+    from .bench import llama_build
 
     llama_build.install()
     return 0
@@ -67,7 +67,7 @@ def _download(args) -> int:
 
 
 def _lab(args) -> int:
-    from .lab import run_lab
+    from .bench.lab import run_lab
 
     run_lab(args.model, args.out, args.lengths, peers=not args.no_peers)
     return 0
@@ -76,7 +76,7 @@ def _lab(args) -> int:
 def _benchmark(function: str):
     """The `bench*` commands: one benchmark function of benchmarks.py each."""
     def run(args) -> int:
-        from . import benchmarks
+        from .bench import benchmarks
 
         getattr(benchmarks, function)(args.model, args.json)
         return 0
@@ -119,7 +119,7 @@ def _export_kv(args) -> int:
 
 
 def _release(args) -> int:
-    from .course import publish
+    from .grading.course import publish
 
     for path in publish():
         print(f"Wrote {path}")
@@ -129,8 +129,8 @@ def _release(args) -> int:
 def _grade(args) -> int:
     import pandas as pd
 
-    from .grading import Limits, flagged, grade_class
-    from .sandbox import isolation
+    from .grading.classroom import Limits, flagged, grade_class
+    from .grading.sandbox import isolation
 
     limits = Limits(args.timeout, args.cell_timeout, args.memory_gb)
     csv = Path(args.csv) if args.csv else Path(args.course) / "grading_summary.csv"
@@ -148,7 +148,7 @@ def _grade(args) -> int:
 
 
 def _bench_grade(args) -> int:
-    from .grading import bench_grade
+    from .grading.classroom import bench_grade
 
     bench_grade(args.submissions, tuple(args.workers), args.notebook, args.json)
     return 0

@@ -149,10 +149,10 @@ def same_tokens(tokens, reference: list[int], tokenizer, prompt: str) -> None:
 def loop_matches_reference(loop, session, tokenizer, prompts: list[str], new_tokens: int, reference=None) -> None:
     """`loop(session, prompt_ids, max_new_tokens, stop_ids)` against labkit's no-cache loop on
     `reference` (default `session`; notebook 05: the no-cache graph beside the loop's KV graph)."""
-    from . import generate
+    from . import generate, prompts
     from .prompts import chat_ids
 
-    stop = generate.stop_ids(tokenizer)
+    stop = prompts.stop_ids(tokenizer)
     for prompt in prompts:
         ids = chat_ids(tokenizer, prompt)
         tokens = loop(session, ids, new_tokens, stop)
@@ -183,7 +183,7 @@ def stops_at_end_of_turn(loop, tokenizer) -> None:
     """The loop must stop on an end-of-turn token and leave it out of its result."""
     import numpy as np
 
-    from .generate import stop_ids
+    from .prompts import stop_ids
 
     stop = stop_ids(tokenizer)
     end = max(stop)

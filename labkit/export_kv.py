@@ -137,7 +137,7 @@ def export_kv(model: torch.nn.Module, out_dir: str | Path, tokenizer=None, wrapp
 
 def write_genai_config(config, tokenizer, out_dir: str | Path, context_length: int | None = None) -> Path:
     """onnxruntime-genai's description of the graph: its names, shapes and stop tokens."""
-    from .generate import stop_ids
+    from .prompts import stop_ids
 
     layers = config.num_hidden_layers
     context = context_length or getattr(config, "max_position_embeddings", 2048)

@@ -14,9 +14,9 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
+from . import prompts
 from .errors import LabkitError
 
-END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
 
 
 class WrongGraph(LabkitError, ValueError):
@@ -225,13 +225,6 @@ def cached_loop(session):
     return KVCache(session) if "position_ids" in names else SharedKVCache(session)
 
 
-def stop_ids(tokenizer) -> set[int]:
-    """End-of-sequence and the chat template's end-of-turn tokens."""
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    vocab = tokenizer.get_vocab()
-    return ids | {vocab[t] for t in END_OF_TURN if t in vocab}
-
-
 def repeating(reply: list[int], n: int) -> list[int]:
     """The tokens that would complete an n-gram the reply already holds."""
     if n <= 0 or len(reply) < n:
@@ -327,7 +320,7 @@ def generate(stepper, prompt_ids, tokenizer=None, max_new_tokens: int = 64, samp
     tokenizer (or a `stream`), `on_text` receives the text as it is produced."""
     prompt = np.asarray(prompt_ids, dtype=np.int64).reshape(-1)
     if stop is None:
-        stop = stop_ids(tokenizer) if tokenizer is not None else set()
+        stop = prompts.stop_ids(tokenizer) if tokenizer is not None else set()
     if stream is None and tokenizer is not None:
         stream = TextStream(tokenizer)
     rng = np.random.default_rng(sampling.seed)

@@ -270,3 +270,31 @@ def describe_registry() -> list[dict]:
         rows.append({"name": spec.name, "source": spec.source, "available": ok, "where": where,
                      "about": spec.about, "default": spec.name == DEFAULT_MODEL})
     return rows
+
+
+CHECK_PROMPT = "What is the capital of France?"
+
+
+def model_check(loaded: LoadedModel | None = None, prompt: str = CHECK_PROMPT,
+                max_new_tokens: int = 24) -> dict:
+    """Answer one prompt greedily with PyTorch (loading the session's model if none
+    is given): proof the model works."""
+    import time
+
+    import torch
+
+    from .prompts import chat_ids
+
+    loaded = loaded or load()
+    tok = loaded.tokenizer
+    ids = torch.from_numpy(chat_ids(tok, prompt))
+    started = time.perf_counter()
+    with torch.inference_mode():
+        out = loaded.model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False,
+                                    pad_token_id=tok.pad_token_id)
+    gen_s = time.perf_counter() - started
+    new = out[0, ids.shape[1]:]
+    return {"model": loaded.name, "origin": loaded.origin, "params": loaded.params,
+            "prompt": prompt,
+            "reply": tok.decode(new, skip_special_tokens=True).strip(),
+            "new_tokens": int(new.numel()), "tok_s": round(new.numel() / gen_s, 1)}

@@ -38,7 +38,7 @@ def artifacts_dir() -> Path:
 
 def reference_dir() -> Path:
     """Where the referee's trusted builds of the students' variants live
-    (`referee.trusted_artifacts`); a graded kernel reads it, read-only."""
+    (`grading.trust.trusted_artifacts`); a graded kernel reads it, read-only."""
     return shared_dir() / "reference"
 
 

@@ -62,3 +62,13 @@ def prompt_of(tokenizer, length: int) -> np.ndarray:
     data = heldout()
     ids = tokenizer(data["text_en"] + "\n" + data["text_zh"], add_special_tokens=False)["input_ids"]
     return np.asarray([(ids * (length // len(ids) + 1))[:length]], np.int64)
+
+
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
+
+
+def stop_ids(tokenizer) -> set[int]:
+    """End-of-sequence and the chat template's end-of-turn tokens."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    vocab = tokenizer.get_vocab()
+    return ids | {vocab[t] for t in END_OF_TURN if t in vocab}

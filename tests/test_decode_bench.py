@@ -5,8 +5,10 @@ import onnx
 import pytest
 import torch
 
-from labkit import artifacts, attention, charts, checks, decode_bench, peers
-from labkit.benchmarks import bench_decode
+from labkit import artifacts, attention, charts, checks
+
+from labkit.bench import decode_bench, peers
+from labkit.bench.benchmarks import bench_decode
 from labkit.prompts import chat_ids
 
 CONTRACT = {"engine", "precision", "cache", "bytes", "ratio", "ttft_s", "prompt_len", "tok_s", "peak_rss_gb",
@@ -114,7 +116,7 @@ def test_faster_compares_side_by_side():
 
 
 def test_the_lab_chats_with_every_graph(bench, tiny):
-    from labkit import lab
+    from labkit.bench import lab
 
     transcripts = lab.chat_samples(tiny, messages=("Hi",), max_new_tokens=4)
     assert list(transcripts) == list(lab.GRAPHS)
@@ -123,7 +125,7 @@ def test_the_lab_chats_with_every_graph(bench, tiny):
 
 
 def test_the_report_tables_read_like_the_readme(bench):
-    from labkit import report
+    from labkit.bench import report
 
     table = report.bench_table(bench)
     lines = table.splitlines()
@@ -178,7 +180,7 @@ def test_the_q8_0_peer_is_quantized_once_from_the_bundled_gguf(default_model):
 
 
 def test_the_llama_cpp_build_names_this_cpus_instruction_sets_and_never_amx():
-    from labkit import llama_build
+    from labkit.bench import llama_build
 
     sapphire_rapids = {"sse4_2", "avx", "avx2", "fma", "f16c", "bmi2", "avx_vnni", "avx512f", "avx512cd",
                        "avx512vl", "avx512dq", "avx512bw", "avx512vbmi", "avx512_vnni", "avx512_bf16",
@@ -202,8 +204,8 @@ def test_a_peer_that_crashes_hangs_or_is_missing_costs_its_own_row_only(bench, t
     import multiprocessing
 
     import peer_doubles
-    from labkit import report
-    from labkit.peer_process import PeerProcess
+    from labkit.bench import report
+    from labkit.bench.peer_process import PeerProcess
 
     def peer(name, opener, args=(), timeout_s=60.0):
         return decode_bench.Engine(name, "int8", True, 1000, lambda: PeerProcess(name, opener, args, timeout_s))

@@ -7,7 +7,9 @@ import onnx
 import pytest
 import torch
 
-from labkit import artifacts, decode_bench, fused, generate, onnx_graph, peers, quality, runtime
+from labkit import artifacts, fused, generate, onnx_graph, quality, runtime
+
+from labkit.bench import decode_bench, peers
 from labkit.generate import SharedKVCache, WrongGraph, cached_loop, greedy_torch
 from labkit.prompts import chat_ids
 

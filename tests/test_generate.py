@@ -76,7 +76,7 @@ def test_sampling_follows_the_softmax():
 
 def test_stops_at_end_of_turn_without_returning_it(tiny):
     end = tiny.tokenizer.convert_tokens_to_ids("<|im_end|>")
-    assert end in generate.stop_ids(tiny.tokenizer)
+    assert end in prompts.stop_ids(tiny.tokenizer)
     result = generate.generate(Scripted([5, 6, end, 7]), [1, 2, 3], tiny.tokenizer,
                                max_new_tokens=10)
     assert result.tokens == [5, 6]

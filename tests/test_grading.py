@@ -11,7 +11,8 @@ import json
 import pytest
 
 from conftest import REPO
-from labkit import artifacts, course, grading, referee
+from labkit import artifacts
+from labkit.grading import classroom, course, trust
 from labkit.__main__ import main
 from nbgrader_course import graded_points
 
@@ -47,7 +48,7 @@ def _reference_from_this_runs_graphs(loaded) -> None:
     same graphs again, VNNI. test_paths covers the referee building its own."""
     for variant in ("fp32", "int8"):
         ours = artifacts.ensure(loaded, variant, log=lambda _: None)
-        with referee.trusted_artifacts():
+        with trust.trusted_artifacts():
             if not artifacts.is_valid(loaded, variant):
                 artifacts.copy_graph(ours, artifacts.path(loaded, variant))
             assert artifacts.is_valid(loaded, variant)
@@ -67,7 +68,7 @@ def graded(tmp_path_factory, default_model):
         for notebook in NOTEBOOKS:
             out = root / "submitted" / student / course.ASSIGNMENT / notebook
             course.write_submission(release / notebook, SOURCE / notebook, out, answers=answers)
-    table = grading.grade_class(root, workers=2, limits=grading.Limits(threads=2), progress=False)
+    table = classroom.grade_class(root, workers=2, limits=classroom.Limits(threads=2), progress=False)
     return root, table.set_index("student")
 
 
@@ -96,10 +97,10 @@ def test_the_referee_applies_the_labs_recipe_by_copying_its_own_int8(graded, def
     from labkit import quantize
     from labkit.onnx_graph import load_graph
 
-    with referee.trusted_artifacts():
+    with trust.trusted_artifacts():
         lab = artifacts.path(default_model, "int8")
     lab_recipe = quantize.recipe_of(load_graph(lab))
-    built = [p for p in (referee.private_dir() / "recipes").glob(f"*/{lab.name}")
+    built = [p for p in (trust.private_dir() / "recipes").glob(f"*/{lab.name}")
              if quantize.recipe_of(load_graph(p)) == lab_recipe]
     assert len(built) == 1
     for name in (lab.name, lab.name + ".data"):

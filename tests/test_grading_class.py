@@ -11,7 +11,7 @@ import nbformat
 import pytest
 from nbgrader.api import Gradebook
 
-from labkit import course, grading, referee
+from labkit.grading import child, classroom, course, trust
 from conftest import REPO
 from nbgrader_course import edit_cell, graded_points, solution_lines
 
@@ -28,7 +28,7 @@ def without(*grade_ids: str) -> float:
 # Tight limits keep the looping case short. At cell_s=30, on a slow day (2026-12-02: the whole
 # suite 37.5 min against 27-31), the memory hog's allocations and a model check each outran
 # their cell once; both pass in a few seconds otherwise.
-LIMITS = grading.Limits(submission_s=600, cell_s=45, memory_gb=6)
+LIMITS = classroom.Limits(submission_s=600, cell_s=45, memory_gb=6)
 
 WRONG_WEIGHT_BYTES = "def weight_bytes(n_params, dtype):\n    return n_params * 4  # forgot the dtype\n"
 OTHER_WEIGHT_BYTES = """\
@@ -180,7 +180,7 @@ CASES = {
                 "count-tokens: MemoryError", "raised NameError"], []),
     "loops": ({"param-count": "while True:\n    pass\n" + OTHER_PARAM_COUNT}, [], without("test-param-count"),
               ["param-count: CellTimeoutError",
-               f"TimeoutError: stopped after {referee.TIMED_OUT_CELL_S:.0f} s (it had already run past the "
+               f"TimeoutError: stopped after {child.TIMED_OUT_CELL_S:.0f} s (it had already run past the "
                f"{LIMITS.cell_s} s limit"], []),
     # Changing the referee: the kernel's checks made no-ops and its errors hidden. The score is
     # the referee's, and the attempt is flagged. (The referee's child has no IPython: the
@@ -221,7 +221,7 @@ def graded(tmp_path_factory):
     assert course.grading_api(root).generate_assignment(course.ASSIGNMENT)["success"]
     for student, (answers, edits, *_) in CASES.items():
         _submit(root, student, answers, edits)
-    table = grading.grade_class(root, workers=2, limits=LIMITS, progress=False)
+    table = classroom.grade_class(root, workers=2, limits=LIMITS, progress=False)
     return root, table.set_index("student")
 
 
@@ -249,14 +249,14 @@ def test_an_escape_reaches_nothing_and_leaves_nothing(graded):
 
     import psutil
 
-    from labkit import sandbox
+    from labkit.grading import sandbox
 
     root, _ = graded
     nb = nbformat.read(root / "autograded" / "escapes" / course.ASSIGNMENT / NB, as_version=4)
     printed = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
     assert "SEEN [] False" in printed, printed[-2000:]
     assert [p for p in root.rglob("*") if p.lstat().st_uid >= sandbox.UID_BASE] == []
-    key = root / referee.KEY_FILE
+    key = root / trust.KEY_FILE
     assert key.stat().st_mode & 0o777 == 0o600 and len(key.read_bytes()) == 64
     graded_folder = root / "autograded" / "escapes" / course.ASSIGNMENT
     assert NB in {p.name for p in graded_folder.iterdir()}
@@ -278,7 +278,7 @@ def test_a_hunt_for_the_answers_finds_nothing_to_print(graded):
 
 def test_the_summary_counts_the_flagged_submissions(graded):
     _, table = graded
-    assert sorted(grading.flagged(table.reset_index())) == sorted(s for s, case in CASES.items() if case[-1])
+    assert sorted(classroom.flagged(table.reset_index())) == sorted(s for s, case in CASES.items() if case[-1])
 
 
 def test_submissions_graded_at_once_keep_their_own_files(tmp_path):
@@ -286,7 +286,7 @@ def test_submissions_graded_at_once_keep_their_own_files(tmp_path):
     assert course.grading_api(root).generate_assignment(course.ASSIGNMENT)["success"]
     _submit(root, "writer_a", {"weight-bytes": writes_artifacts("writer_a")}, [])
     _submit(root, "writer_b", {"weight-bytes": writes_artifacts("writer_b")}, [])
-    table = grading.grade_class(root, workers=2, limits=LIMITS, progress=False)
+    table = classroom.grade_class(root, workers=2, limits=LIMITS, progress=False)
     assert table["problems"].tolist() == ["", ""]
     assert course.submission_scores(root) == {"writer_a": (FULL, FULL), "writer_b": (FULL, FULL)}
     windows = []
@@ -332,8 +332,8 @@ def test_a_regrade_stops_a_submission_over_its_time_limit_and_scores_the_others_
     stopped and the batch goes on; the solver, graded again, keeps full marks."""
     root, table = graded
     started = time.time()
-    slow = grading.Limits(submission_s=60, cell_s=600, memory_gb=6)
-    again = grading.grade_class(root, students=["loops", "solver"], workers=2, limits=slow,
+    slow = classroom.Limits(submission_s=60, cell_s=600, memory_gb=6)
+    again = classroom.grade_class(root, students=["loops", "solver"], workers=2, limits=slow,
                                 progress=False, csv=root / "slow.csv").set_index("student")
     assert again.loc["loops", "status"] == "timed out"
     assert "stopped at the 60 s limit" in again.loc["loops", "problems"]
@@ -374,19 +374,20 @@ def test_a_course_that_is_not_ready_gets_a_clear_error(tmp_path, capsys):
     from labkit.__main__ import main
 
     root = course.make_course(tmp_path / "course", notebooks=[NB])
-    with pytest.raises(grading.GradingSetupError, match="nbgrader generate_assignment llm_lab"):
-        grading.make_jobs(root)
+    with pytest.raises(classroom.GradingSetupError, match="nbgrader generate_assignment llm_lab"):
+        classroom.make_jobs(root)
     assert main(["grade", "--course", str(root)]) == 1
     assert "run `nbgrader generate_assignment llm_lab` there first" in capsys.readouterr().err
     assert course.grading_api(root).generate_assignment(course.ASSIGNMENT)["success"]
-    with pytest.raises(grading.GradingSetupError, match="nothing to grade"):
-        grading.make_jobs(root)
-    with pytest.raises(grading.GradingSetupError, match="ghost"):
-        grading.make_jobs(root, students=["ghost"])
+    with pytest.raises(classroom.GradingSetupError, match="nothing to grade"):
+        classroom.make_jobs(root)
+    with pytest.raises(classroom.GradingSetupError, match="ghost"):
+        classroom.make_jobs(root, students=["ghost"])
 
 
 def test_shared_artifacts_the_kernels_cannot_read_are_refused_before_grading(tmp_path, monkeypatch):
-    from labkit import paths, sandbox
+    from labkit import paths
+    from labkit.grading import sandbox
 
     root = course.make_course(tmp_path / "course", notebooks=[NB])
     assert course.grading_api(root).generate_assignment(course.ASSIGNMENT)["success"]
@@ -396,10 +397,10 @@ def test_shared_artifacts_the_kernels_cannot_read_are_refused_before_grading(tmp
     private.chmod(0o700)
     monkeypatch.setenv(paths.SHARED_ENV, str(private))
     monkeypatch.setattr(sandbox, "isolation", lambda: "sandbox")
-    with pytest.raises(grading.GradingSetupError, match=f"chmod o\\+rx {private}"):
-        grading.make_jobs(root)
+    with pytest.raises(classroom.GradingSetupError, match=f"chmod o\\+rx {private}"):
+        classroom.make_jobs(root)
     private.chmod(0o755)
-    assert [j.student for j in grading.make_jobs(root)] == ["alice"]
+    assert [j.student for j in classroom.make_jobs(root)] == ["alice"]
 
 
 def test_zip_collect_files_an_lms_download_under_each_student(tmp_path):
@@ -415,10 +416,10 @@ def test_zip_collect_files_an_lms_download_under_each_student(tmp_path):
     course.nbgrader(root, "zip_collect", course.ASSIGNMENT)
     collected = root / "submitted" / "alice" / course.ASSIGNMENT / NB
     assert collected.read_bytes() == release.read_bytes()
-    assert [j.student for j in grading.make_jobs(root)] == ["alice"]
+    assert [j.student for j in classroom.make_jobs(root)] == ["alice"]
 
 
 def test_bench_grade_grades_reference_copies_with_full_marks(tmp_path):
-    rows = grading.bench_grade(submissions=2, workers=(2,), notebooks=[NB], json_path=tmp_path / "b.json")
+    rows = classroom.bench_grade(submissions=2, workers=(2,), notebooks=[NB], json_path=tmp_path / "b.json")
     assert [(r["workers"], r["submissions"], r["all_full_marks"]) for r in rows] == [(2, 2, True)]
     assert rows[0]["per_hour"] == pytest.approx(2 * 3600 / rows[0]["wall_s"], rel=0.01)

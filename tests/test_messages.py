@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CJK = re.compile(r"[\u4e00-\u9fff]")
 # The modules whose failures a student reads: the checks, the referee's verdicts and its
 # child's errors, the lockdown's refusals, the reader check, the chat, a skipped demonstration.
-MODULES = ["checks", "verdicts", "referee", "lockdown", "calibration", "chat", "chat_box", "env", "__init__"]
+MODULES = ["checks", "grading/verdicts", "grading/referee", "grading/child", "grading/lockdown", "calibration", "chat",
+           "chat_box", "env", "__init__"]
 FAILURES = {"AssertionError", "ChildGone", "PermissionError", "ReaderMismatch"}
 # Messages made by say() elsewhere and passed on: the child's end, a verdict kept from an earlier run.
 PASSED_ON = {"self._gone()", "result.get('message', '')"}

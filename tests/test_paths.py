@@ -46,10 +46,10 @@ def test_a_students_graph_they_did_not_build_is_copied_from_the_referees_build(m
     """Grading: a submission without its own fp32 and int8 copies the referee's builds (the same
     bytes) instead of exporting and quantizing again in its kernel; int8 is built, not copied,
     once the fp32 beside it is the student's own."""
-    from labkit import referee
+    from labkit.grading import trust
 
     monkeypatch.setenv(paths.SHARED_ENV, str(tmp_path / "shared"))
-    with referee.trusted_artifacts():
+    with trust.trusted_artifacts():
         reference = {v: artifacts.ensure(tiny, v) for v in ("fp32", "int8")}
     assert all(p.is_relative_to(paths.reference_dir()) for p in reference.values())
 

@@ -51,15 +51,15 @@ def test_every_labkit_error_has_the_one_base_the_command_line_catches(capsys, mo
     from labkit.errors import LabkitError
 
     found = {}
-    for info in pkgutil.iter_modules(labkit.__path__, "labkit."):
+    for info in pkgutil.walk_packages(labkit.__path__, "labkit."):
         module = importlib.import_module(info.name)
         for name, obj in vars(module).items():
             if inspect.isclass(obj) and issubclass(obj, BaseException) and obj.__module__ == info.name:
                 found[f"{info.name}.{name}"] = obj
     outside = sorted(name for name, cls in found.items() if not issubclass(cls, LabkitError))
-    assert outside == ["labkit.lockdown.Delegation", "labkit.referee.ChildGone"]
+    assert outside == ["labkit.grading.child.ChildGone", "labkit.grading.lockdown.Delegation"]
     assert {"labkit.quantize.QuantizeError", "labkit.calibration.ReaderMismatch", "labkit.generate.WrongGraph",
-            "labkit.models.ModelUnavailable", "labkit.grading.GradingSetupError"} <= set(found)
+            "labkit.models.ModelUnavailable", "labkit.grading.classroom.GradingSetupError"} <= set(found)
     for name, cls in found.items():
         if not issubclass(cls, LabkitError):
             continue
@@ -70,3 +70,44 @@ def test_every_labkit_error_has_the_one_base_the_command_line_catches(capsys, mo
         monkeypatch.setattr(cli, "_env", fail)
         assert cli.main(["env"]) == 1, name
         assert capsys.readouterr().err == "error: do this instead\n", name
+
+
+def _imports(package) -> dict[str, set[str]]:
+    """Every labkit module and the labkit modules it imports, at the top or in a function
+    (`from . import x` imports x, not the package)."""
+    import ast
+
+    files = {".".join(p.relative_to(package.parent).with_suffix("").parts).removesuffix(".__init__"): p
+             for p in package.rglob("*.py")}
+    edges = {name: set() for name in files}
+    for name, path in files.items():
+        here = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = ".".join(here.split(".")[: len(here.split(".")) - node.level + 1]) if node.level else ""
+                module = ".".join(filter(None, [base, node.module]))
+                found = [f"{module}.{a.name}" for a in node.names if f"{module}.{a.name}" in files] or [module]
+            else:
+                continue
+            edges[name] |= {f for f in found if f in files and f != name}
+    return edges
+
+
+def test_the_rooms_depend_one_way_and_no_import_goes_round():
+    """labkit/ (what the notebooks import) never imports labkit/grading/ or labkit/bench/; the
+    benchmark never imports grading; and no chain of imports, function-level ones included,
+    comes back to where it started. The command line (labkit/__main__.py) serves all three."""
+    import graphlib
+
+    edges = _imports(REPO / "labkit")
+    rooms = {"grading": "labkit.grading", "bench": "labkit.bench"}
+    lesson = [m for m in edges if not m.startswith(tuple(rooms.values())) and m != "labkit.__main__"]
+    crossing = {m: sorted(t for t in edges[m] if t.startswith(tuple(rooms.values()))) for m in lesson}
+    assert {m: t for m, t in crossing.items() if t} == {}
+    bench_to_grading = {m: sorted(t for t in edges[m] if t.startswith(rooms["grading"]))
+                        for m in edges if m.startswith(rooms["bench"])}
+    assert {m: t for m, t in bench_to_grading.items() if t} == {}
+    graphlib.TopologicalSorter(edges).prepare()  # CycleError names the modules of a cycle
+    assert {"labkit.grading.referee", "labkit.bench.decode_bench", "labkit.chat"} <= set(edges)  # the rooms were read

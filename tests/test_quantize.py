@@ -277,7 +277,9 @@ def test_bench_quant_exports_in_a_child_process_once(tmp_path, monkeypatch):
     and only when no valid export exists."""
     import subprocess
 
-    from labkit import artifacts, benchmarks
+    from labkit import artifacts
+
+    from labkit.bench import benchmarks
 
     monkeypatch.setenv("LABKIT_ARTIFACTS", str(tmp_path))
     calls = []

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from labkit import course, integrity, lockdown, referee, verdicts, wire
+from labkit.grading import child, course, integrity, lockdown, referee, trust, verdicts, wire
 from nbgrader_course import graded_points
 
 SOURCE, RELEASE = REPO / "source" / course.ASSIGNMENT, REPO / "release" / course.ASSIGNMENT
@@ -32,7 +32,7 @@ def test_every_answer_the_verdicts_name_is_stripped_to_a_stub(tmp_path):
                 obj = getattr(getattr(importlib.import_module(owner_module), owner), attr)
             assert obj.__module__.startswith("labkit"), qualname
             assert str(package) in (sys.modules[obj.__module__].__file__ or ""), qualname
-            fresh = importlib.import_module("labkit.lockdown")
+            fresh = importlib.import_module("labkit.grading.lockdown")
             calls = [getattr(v, "__func__", v) for v in vars(obj).values()
                      if inspect.isfunction(getattr(v, "__func__", v))] if isinstance(obj, type) else [obj]
             assert calls, qualname
@@ -75,12 +75,12 @@ def test_integrity_signs_name_the_cell_and_what_matched():
 
 
 def test_the_same_student_gets_the_same_draws_and_another_student_others(tmp_path):
-    key = referee.course_key(tmp_path)
-    assert (tmp_path / referee.KEY_FILE).stat().st_mode & 0o777 == 0o600
-    assert referee.course_key(tmp_path) == key
-    assert referee.seed(key, "alice", "04_chat") == referee.seed(key, "alice", "04_chat")
-    assert len({referee.seed(key, s, n) for s in ("alice", "bob") for n in ("04_chat", "05_kvcache")}) == 4
-    rng = np.random.default_rng(referee.seed(key, "alice", "04_chat"))
+    key = trust.course_key(tmp_path)
+    assert (tmp_path / trust.KEY_FILE).stat().st_mode & 0o777 == 0o600
+    assert trust.course_key(tmp_path) == key
+    assert trust.seed(key, "alice", "04_chat") == trust.seed(key, "alice", "04_chat")
+    assert len({trust.seed(key, s, n) for s in ("alice", "bob") for n in ("04_chat", "05_kvcache")}) == 4
+    rng = np.random.default_rng(trust.seed(key, "alice", "04_chat"))
     chosen = verdicts.prompts(rng, 4)
     assert any(any("\u4e00" <= ch <= "\u9fff" for ch in p) for p in chosen)  # half Chinese
     assert any(p.isascii() for p in chosen)
@@ -399,7 +399,7 @@ def test_a_cell_nbgrader_stopped_at_its_limit_gets_a_short_second_run(tmp_path):
     finally:
         referee._CHILDREN.pop("stopped").close()
     assert len(errors) == 1 and errors[0].startswith(
-        f"TimeoutError: stopped after {referee.TIMED_OUT_CELL_S:.0f} s "
+        f"TimeoutError: stopped after {child.TIMED_OUT_CELL_S:.0f} s "
         "(it had already run past the 30 s limit in your notebook) (cell 2, line"), errors
 
 
@@ -416,8 +416,8 @@ def test_a_check_that_cannot_use_the_answer_or_a_probe_that_hangs_costs_its_task
     forgot_return = answers["param-count"].replace("    return embedding", "    embedding")
     hangs = ("import signal, time\n\n\ndef weight_bytes(n_params, dtype):\n"
              "    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})\n    time.sleep(3600)\n")
-    monkeypatch.setattr(referee, "PROBE_S", 4.0)
-    monkeypatch.setattr(referee, "GRACE_S", 2.0)
+    monkeypatch.setattr(child, "PROBE_S", 4.0)
+    monkeypatch.setattr(child, "GRACE_S", 2.0)
     out = course.write_submission(RELEASE / "01_env.ipynb", SOURCE / "01_env.ipynb", tmp_path / "01_env.ipynb",
                                   overrides={"param-count": forgot_return, "weight-bytes": hangs})
     try:

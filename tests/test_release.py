@@ -5,7 +5,7 @@ import nbformat
 import pytest
 
 from conftest import REPO
-from labkit import course
+from labkit.grading import course
 from nbgrader_course import graded_points, solution_lines
 
 SOURCE = REPO / "source" / course.ASSIGNMENT
@@ -89,7 +89,7 @@ def test_differences_catches_an_edit(built, tmp_path):
 
 
 def test_every_graded_cell_has_a_referee_verdict_and_every_verdict_a_cell():
-    from labkit import verdicts
+    from labkit.grading import verdicts
 
     for notebook in sorted(SOURCE.glob("*.ipynb")):
         assert sorted(verdicts.NOTEBOOKS[notebook.stem].tasks) == sorted(graded_points(notebook)), notebook.name
@@ -127,7 +127,7 @@ def test_students_read_chinese_first_then_english(notebook):
 
 @pytest.mark.parametrize("notebook", sorted(SOURCE.glob("*.ipynb")), ids=lambda p: p.name)
 def test_every_task_has_a_bilingual_contract_that_names_its_answers(notebook):
-    from labkit import verdicts
+    from labkit.grading import verdicts
 
     for cell, question, _ in _after_questions(notebook, "code", "solution"):
         if "graded by hand" not in question.source:

@@ -5,7 +5,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from labkit import paths, sandbox
+from labkit import paths
+
+from labkit.grading import sandbox
 
 PROBE = """\
 import glob, json, os, socket, sys  # noqa: E401
@@ -151,7 +153,7 @@ def test_a_hostile_kernel_leaves_nothing_root_would_follow_and_nothing_running(t
     the submission's next kernel (same uid, new home) sees nothing of the course."""
     import psutil
 
-    from labkit import nbgrader_plugins
+    from labkit.grading import nbgrader_plugins
 
     course = tmp_path / "course"
     cwd = course / "autograded" / "mallory" / "llm_lab"

@@ -26,7 +26,7 @@ import nbformat
 ASSIGNMENT = "llm_lab"
 SOLUTION = re.compile(r"^[ \t]*### BEGIN SOLUTION[ \t]*\n(.*?)^[ \t]*### END SOLUTION[ \t]*\n?",
                       re.S | re.M)
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def make_course(root: Path, repo: Path = REPO, notebooks: list[str] | None = None) -> Path:

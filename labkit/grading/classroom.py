@@ -34,8 +34,9 @@ from pathlib import Path
 import nbformat
 import psutil
 
-from . import course, paths, referee, sandbox
-from .errors import LabkitError
+from . import course, sandbox, trust
+from .. import paths
+from ..errors import LabkitError
 
 
 class GradingSetupError(LabkitError, RuntimeError):
@@ -135,7 +136,7 @@ def make_jobs(root: Path, assignment: str = course.ASSIGNMENT, students: list[st
                                 f"artifacts in {shared} (mode {mode:o}): run `chmod o+rx {shared}`")
     config, db = (root / "nbgrader_config.py").read_text(), gradebook.read_bytes()
     source = _files(root / "source" / assignment)
-    key = referee.course_key(root)
+    key = trust.course_key(root)
     return [Job(assignment, s, config, db, source, _files(root / "submitted" / s / assignment), limits,
                 key, str(root)) for s in students]
 
@@ -206,7 +207,7 @@ def grade_submission(job: Job) -> Outcome:
     with tempfile.TemporaryDirectory(prefix=f"labkit-grade-{job.student}-") as tmp, \
             tempfile.TemporaryDirectory(prefix="lkg-") as scratch:
         root = Path(tmp)
-        key = root / referee.KEY_FILE
+        key = root / trust.KEY_FILE
         key.write_bytes(job.key)
         key.chmod(0o600)
         cell_s = int(job.limits.cell_s)

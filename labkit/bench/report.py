@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .charts import SHORT_NAMES, deployment_summary, failure
-from .paths import artifacts_dir
+from ..charts import SHORT_NAMES, deployment_summary, failure
+from ..paths import artifacts_dir
 
 
 def folder(out_dir: str | Path | None = None) -> Path:

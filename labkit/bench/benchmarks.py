@@ -9,9 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from . import models, onnx_graph, parity, prompts, runtime
-from .export import export_onnx
-from .paths import onnx_dir
+from .. import models, onnx_graph, parity, prompts, runtime
+from ..export import export_onnx
+from ..paths import onnx_dir
 
 
 def peak_rss_gb() -> float:
@@ -53,7 +53,7 @@ def bench_quant(name: str | None = None, json_path: str | Path | None = None) ->
     system turn (`prompts.CHAT_SYSTEM`), the prompt the chatbot actually sees."""
     import gc
 
-    from . import artifacts, calibration, quality, quantize
+    from .. import artifacts, calibration, quality, quantize
 
     name = models.resolve_name(name)
     if not artifacts.is_valid(name, "fp32"):
@@ -113,7 +113,8 @@ def bench_decode(name: str | None = None, json_path: str | Path | None = None,
     to `out_dir` (default: <artifacts>/report) and the rows as JSON if asked."""
     import json
 
-    from . import artifacts, decode_bench, report
+    from .. import artifacts
+    from . import decode_bench, report
 
     out_dir = report.folder(out_dir)
     loaded = models.load(name)
@@ -135,7 +136,8 @@ def bench_profile(name: str | None = None, json_path: str | Path | None = None, 
     """Where a decode step's time goes, per operator type, in the lab's KV graphs and the
     fused ones (decode_bench.op_profile); and for each cached graph, where its greedy
     tokens first part from recomputing the whole sequence (8 held-out prompts x 64 tokens)."""
-    from . import artifacts, decode_bench, env, quality
+    from .. import artifacts, env, quality
+    from . import decode_bench
 
     loaded, cpu = models.load(name), env.cpu_summary()
     print(f"{cpu}; one decode step after {past} cached tokens, {runtime.default_threads()} threads", flush=True)
@@ -158,8 +160,8 @@ def bench_chat(name: str | None = None, json_path: str | Path | None = None, max
     held-out prompt alone, and as one conversation through all of them, how many replies loop
     (a 4-gram more than 3 times), how many stopped as going round, and how many questions
     with a known answer were answered right."""
-    from . import artifacts, chat_graph, env, generate, quality
-    from .chat import Chat
+    from .. import artifacts, chat_graph, env, generate, quality
+    from ..chat import Chat
 
     loaded = models.load(name)
     items = [dict(item) for item in prompts.heldout()["prompts"]] + [{"prompt": "Hi! What can you do?", "expect": None}]

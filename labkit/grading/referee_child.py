@@ -1,6 +1,6 @@
-"""The referee's child: `python -m labkit.referee_child FD`. Untrusted by design.
+"""The referee's child: `python -m labkit.grading.referee_child FD`. Untrusted by design.
 
-It imports a copy of labkit without the notebooks' answers (`labkit.lockdown.strip`). It
+It imports a copy of labkit without the notebooks' answers (`labkit.grading.lockdown.strip`). It
 reads from stdin, as JSON lines: first where labkit's original package is when no sandbox
 hides it, then for each notebook the trusted prelude that stands in for
 its setup cells, the context values it needs and the student's cells, each followed by one

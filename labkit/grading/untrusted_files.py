@@ -9,7 +9,7 @@ import os
 import stat
 from pathlib import Path
 
-from .errors import LabkitError
+from ..errors import LabkitError
 
 MAX_BYTES = 8 * 2**30  # a graph the referee copies out: Qwen3-1.7B's FP32 data file is 6.9 GB
 _CHUNK = 1 << 20

@@ -19,17 +19,17 @@ from typing import Callable
 
 import numpy as np
 
-from . import checks, paths
-from .messages import language, say
-from .prompts import calibration_prompts, chat_ids
-from .referee import Child
+from .. import checks, paths
+from ..messages import language, say
+from ..prompts import calibration_prompts, chat_ids, stop_ids
+from .child import Child
 
 # ---------------------------------------------------------------- shared pieces
 
 # The no-cache and cached loops' answers: labkit's own loops and what calls them.
 LOOPS = ["labkit.generate.generate", "labkit.generate.NoCache", "labkit.generate.KVCache",
          "labkit.generate.Recompute", "labkit.generate.greedy_ort", "labkit.generate.next_token",
-         "labkit.decode_bench._ort_runner", "labkit.checks.loop_matches_reference"]
+         "labkit.bench.decode_bench._ort_runner", "labkit.checks.loop_matches_reference"]
 
 COUNTRIES = ["France", "Italy", "Japan", "Brazil", "Canada", "Egypt", "Kenya", "Norway", "Peru", "India",
              "Spain", "Chile", "Greece", "Mexico", "Vietnam", "Germany"]
@@ -85,7 +85,7 @@ def _context_01(rng):
 
 def _prepare_models() -> None:
     """The converted bundled model (every notebook loads it)."""
-    from .models import load_tokenizer
+    from ..models import load_tokenizer
 
     load_tokenizer()
 
@@ -95,7 +95,7 @@ def _prepare_graphs(*variants: str):
     `paths.reference_dir()`): a submission that did not build them copies these
     (`artifacts.ensure`) instead of exporting and quantizing again in its kernel, 33 s for
     the fp32 export alone."""
-    from . import artifacts, models
+    from .. import artifacts, models
 
     loaded = models.load()
     for variant in variants:
@@ -114,7 +114,7 @@ def _weight_bytes(child: Child, ctx: Ctx) -> None:
 
 
 def _param_count(child: Child, ctx: Ctx) -> None:
-    from .models import QWEN3_1_7B_SHAPE, param_count, qwen3_config
+    from ..models import QWEN3_1_7B_SHAPE, param_count, qwen3_config
 
     rng = ctx.rng
     shapes = [dict(QWEN3_1_7B_SHAPE)]
@@ -133,7 +133,7 @@ def _param_count(child: Child, ctx: Ctx) -> None:
 
 
 def _count_tokens(child: Child, ctx: Ctx) -> None:
-    from .models import load_tokenizer
+    from ..models import load_tokenizer
 
     tokenizer = load_tokenizer()
     texts = ["", *prompts(ctx.rng, 4), "端侧部署 on-device deployment\n\n" + str(int(ctx.rng.integers(10**6)))]
@@ -145,7 +145,7 @@ def _count_tokens(child: Child, ctx: Ctx) -> None:
 
 
 ENV = Notebook(
-    prelude="import labkit\nfrom labkit import env, lab, models\ntokenizer = labkit.load_tokenizer()\n",
+    prelude="import labkit\nfrom labkit import env, models\ntokenizer = labkit.load_tokenizer()\n",
     forbidden=["labkit.models.param_count"],
     context=_context_01,
     tasks={"test-weight-bytes": _weight_bytes, "test-param-count": _param_count,
@@ -165,7 +165,7 @@ loaded = tiny  # the referee grades the wrapper and its export on the tiny Qwen3
 
 
 def _context_02(rng):
-    from .models import tiny_qwen3
+    from ..models import tiny_qwen3
 
     ctx = Ctx(rng)
     ctx.state["tiny"] = tiny_qwen3()
@@ -175,7 +175,7 @@ def _context_02(rng):
 def _wrapper(child: Child, ctx: Ctx) -> None:
     import torch
 
-    from .export import LogitsWrapper
+    from ..export import LogitsWrapper
 
     tiny = ctx.state["tiny"]
     vocab = tiny.model.config.vocab_size
@@ -218,7 +218,7 @@ def _regular_export(child: Child, folder: str, target: Path, name: str = paths.M
     """The child's export in its folder `folder` ("" for its working folder), copied out
     as plain files: a link, a FIFO or a device is not the child's own work, and the referee
     must not open one (untrusted_files)."""
-    from .onnx_graph import external_files, load_graph
+    from ..onnx_graph import external_files, load_graph
     from .untrusted_files import NotPlainFile, copy_out
 
     target.mkdir()
@@ -238,8 +238,8 @@ def _mask_patch(child: Child, ctx: Ctx) -> None:
     compute the tiny model's logits; then what the patch does to the registry."""
     import torch
 
-    from .onnx_graph import load_graph
-    from .runtime import session
+    from ..onnx_graph import load_graph
+    from ..runtime import session
 
     error = child.value("referee_mask_patch.legacy_export(tiny.model, 'patched.onnx', patch=index_based_mask)",
                         "mask_patch.legacy_export(tiny.model, path, patch=index_based_mask)")
@@ -265,8 +265,8 @@ def _graph_check(check: Callable[[Path, Ctx], None]):
 
 def _tiny_fp32(tiny) -> Path:
     """labkit's own export of the tiny Qwen3 (kept in the referee's folder)."""
-    from .export import export_onnx
-    from .referee import private_dir
+    from ..export import export_onnx
+    from .trust import private_dir
 
     out = private_dir() / "tiny-fp32"
     with paths.building(out):
@@ -276,15 +276,15 @@ def _tiny_fp32(tiny) -> Path:
 
 
 def _tiny_bytes(ctx: Ctx) -> int:
-    from .onnx_graph import file_bytes
+    from ..onnx_graph import file_bytes
 
     return file_bytes(_tiny_fp32(ctx.state["tiny"]))
 
 
 def _parity(ctx: Ctx, path: Path):
     if "parity" not in ctx.state:
-        from .parity import check_parity
-        from .runtime import session
+        from ..parity import check_parity
+        from ..runtime import session
 
         tiny = ctx.state["tiny"]
         ctx.state["parity"] = check_parity(tiny.model, session(path), tiny.tokenizer, new_tokens=16)
@@ -338,7 +338,7 @@ MAX_TOKENS = 256
 
 
 def _context_03(rng):
-    from . import artifacts, calibration, models, sensitivity
+    from .. import artifacts, calibration, models, sensitivity
 
     loaded = models.load()
     fp32 = artifacts.ensure(loaded, "fp32", log=lambda _: None)
@@ -349,7 +349,7 @@ def _context_03(rng):
 
 
 def _reader(child: Child, ctx: Ctx) -> None:
-    from .calibration import PromptReader
+    from ..calibration import PromptReader
 
     tokenizer = ctx.state["loaded"].tokenizer
     pool = calibration_prompts()
@@ -374,7 +374,7 @@ def _reader(child: Child, ctx: Ctx) -> None:
 
 def _recipe(child: Child, ctx: Ctx):
     """The student's recipe as a quantize.Recipe built here from its fields (plain data)."""
-    from .quantize import Recipe
+    from ..quantize import Recipe
 
     if "recipe" not in ctx.state:
         ctx.state["recipe"] = None
@@ -394,9 +394,9 @@ def _recipe(child: Child, ctx: Ctx):
 def _quantized(child: Child, ctx: Ctx) -> Path:
     """The student's recipe applied here, by the referee, to its own float graph with the lab's
     calibration reader: kept per recipe, since most students choose the same."""
-    from . import artifacts, calibration, quantize
-    from .onnx_graph import load_graph
-    from .referee import private_dir
+    from .. import artifacts, calibration, quantize
+    from ..onnx_graph import load_graph
+    from .trust import private_dir
 
     recipe = _recipe(child, ctx)
     key = hashlib.sha256(recipe.describe().encode()).hexdigest()[:16]
@@ -419,8 +419,8 @@ def _quantize_call(child: Child, ctx: Ctx) -> None:
     """labkit's pipeline around the student's quantize_call, run in the child on the tiny
     Qwen3's graph with layers to keep float and calibration prompts drawn here; the result
     read here against labkit's own call on the same inputs."""
-    from . import calibration, quantize
-    from .runtime import session
+    from .. import calibration, quantize
+    from ..runtime import session
     from .untrusted_files import copy_in
 
     tiny = ctx.state["tiny"]
@@ -478,8 +478,8 @@ def _check_ratio(child, ctx):
 
 
 def _check_tokens(child, ctx):
-    from . import generate, quality
-    from .runtime import session
+    from .. import generate, quality
+    from ..runtime import session
 
     path = _quantized(child, ctx)
     tokenizer = ctx.state["loaded"].tokenizer
@@ -496,7 +496,7 @@ def _check_tokens(child, ctx):
 
 def _prepare_03() -> None:
     """The sensitivity scan of the lab's calibration feeds (the kernel cannot write the cache)."""
-    from . import calibration, models, sensitivity
+    from .. import calibration, models, sensitivity
 
     loaded = models.load()
     sensitivity.scan(loaded.model, calibration.PromptReader(loaded.tokenizer).feeds)
@@ -524,17 +524,17 @@ from labkit.paths import shared_dir
 tokenizer = labkit.load_tokenizer()
 sessions = {"FP32": runtime.session(shared_dir() / context["fp32"]),
             "INT8": runtime.session(shared_dir() / context["int8"])}
-stop_ids = generate.stop_ids(tokenizer)
+stop_ids = prompts.stop_ids(tokenizer)
 """
 
 
 def _context_04(rng):
-    from . import artifacts, generate, models, runtime
+    from .. import artifacts, models, runtime
 
     loaded = models.load()
     graphs = {v: artifacts.ensure(loaded, v, log=lambda _: None) for v in ("fp32", "int8")}
     return Ctx(rng, {v: _shared_relative(p) for v, p in graphs.items()},
-               {"tokenizer": loaded.tokenizer, "stop": generate.stop_ids(loaded.tokenizer),
+               {"tokenizer": loaded.tokenizer, "stop": stop_ids(loaded.tokenizer),
                 "sessions": {v: runtime.session(p) for v, p in graphs.items()}})
 
 
@@ -544,7 +544,7 @@ LOOP_PROBE = "greedy_generate(sessions[probe['graph']], probe['ids'], probe['n']
 def _loop_on(graph: str, count: int, new_tokens: int, probe: str = LOOP_PROBE, name: str = "greedy_generate"):
     """The student's loop on `count` drawn prompts, token for token against labkit's."""
     def task(child: Child, ctx: Ctx) -> None:
-        from .generate import greedy_ort
+        from ..generate import greedy_ort
 
         tokenizer, stop = ctx.state["tokenizer"], ctx.state["stop"]
         session = ctx.state["sessions"][graph]
@@ -585,13 +585,14 @@ import time
 import numpy as np
 import torch
 import labkit
-from labkit import (artifacts, charts, checks, decode_bench, export_kv, generate, models, onnx_graph, prompts, quality,
+from labkit import (artifacts, charts, checks, export_kv, generate, models, onnx_graph, prompts, quality,
                     results, runtime)
+from labkit.bench import decode_bench
 tiny = models.tiny_qwen3()
 from labkit.paths import shared_dir
 tokenizer = labkit.load_tokenizer()
 layers = context["layers"]
-stop_ids = generate.stop_ids(tokenizer)
+stop_ids = prompts.stop_ids(tokenizer)
 kv_path = shared_dir() / context["kv"]
 kv_session = runtime.session(kv_path)
 bench = context["bench"]
@@ -618,7 +619,7 @@ def _bench(rng) -> "object":
 
 
 def _context_05(rng):
-    from . import artifacts, generate, models, runtime
+    from .. import artifacts, models, runtime
 
     loaded = models.load()
     with_cache = artifacts.ensure(loaded, "kv-fp32", log=lambda _: None)
@@ -626,7 +627,7 @@ def _context_05(rng):
     layers = loaded.model.config.num_hidden_layers
     bench = _bench(rng)
     return Ctx(rng, {"kv": _shared_relative(with_cache), "layers": layers, "bench": bench},
-               {"tokenizer": loaded.tokenizer, "stop": generate.stop_ids(loaded.tokenizer), "layers": layers,
+               {"tokenizer": loaded.tokenizer, "stop": stop_ids(loaded.tokenizer), "layers": layers,
                 "no_cache": runtime.session(fp32), "kv_session": runtime.session(with_cache), "bench": bench,
                 "tiny": models.tiny_qwen3()})
 
@@ -635,10 +636,10 @@ def _kv_wrapper(child: Child, ctx: Ctx) -> None:
     """The tiny Qwen3 exported in the child with the student's CacheWrapper: its inputs and
     outputs, and greedy tokens through its cache against the no-cache loop on labkit's
     export of the same model, on drawn prompts."""
-    from . import generate
-    from .runtime import session
+    from .. import generate
+    from ..runtime import session
 
-    from .export_kv import input_names, output_names
+    from ..export_kv import input_names, output_names
 
     tiny = ctx.state["tiny"]
     layers = tiny.model.config.num_hidden_layers
@@ -648,7 +649,7 @@ def _kv_wrapper(child: Child, ctx: Ctx) -> None:
     path = _regular_export(child, "kv-yours", ctx.scratch / "kv-yours")
     checks.kv_graph(path, layers)
     cached, no_cache = session(path), session(_tiny_fp32(tiny))
-    stop = generate.stop_ids(tiny.tokenizer)
+    stop = stop_ids(tiny.tokenizer)
     for prompt in prompts(ctx.rng, 3):
         ids = chat_ids(tiny.tokenizer, prompt)
         got = generate.generate(generate.KVCache(cached), ids, max_new_tokens=16, stop=stop).tokens
@@ -656,7 +657,7 @@ def _kv_wrapper(child: Child, ctx: Ctx) -> None:
 
 
 def _cache_names(child: Child, ctx: Ctx) -> None:
-    from .export_kv import PAST, input_names
+    from ..export_kv import PAST, input_names
 
     for layers in sorted({ctx.state["layers"], int(ctx.rng.integers(1, 40))}):
         got = child.value("cache_input_names(probe['layers'])", f"cache_input_names({layers})", layers=layers)
@@ -670,7 +671,7 @@ CACHED_PROBE = "cached_generate(kv_session, probe['ids'], probe['n'], set(probe[
 
 
 def _cached_tokens(child: Child, ctx: Ctx) -> None:
-    from .generate import greedy_ort
+    from ..generate import greedy_ort
 
     tokenizer, stop = ctx.state["tokenizer"], ctx.state["stop"]
     for prompt in prompts(ctx.rng, 3):
@@ -687,7 +688,7 @@ def _speed(child: Child, ctx: Ctx) -> None:
     notebook 02's no-cache graph, slower than the KV graph, let a loop with no cache pass.)"""
     import time
 
-    from .generate import Recompute, generate, greedy_ort
+    from ..generate import Recompute, generate, greedy_ort
 
     tokenizer = ctx.state["tokenizer"]
     drawn = [np.asarray(ctx.rng.integers(1000, min(len(tokenizer), 30000), 256), np.int64)[None] for _ in range(3)]
@@ -718,7 +719,7 @@ def _summary(child: Child, ctx: Ctx) -> None:
 
 def _prepare_05() -> None:
     """The KV graphs and the benchmark table notebook 05 reuses (the same for every student)."""
-    from . import decode_bench
+    from ..bench import decode_bench
 
     loaded = _prepare_graphs("fp32", "kv-fp32", "kv-int8")  # the model, loaded once
     decode_bench.run(loaded, lengths=(256,), peers=False, reuse=True, log=lambda _: None)

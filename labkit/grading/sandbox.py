@@ -1,7 +1,7 @@
-"""Running a student's code where it cannot reach what it must not: `python -m labkit.sandbox`.
+"""Running a student's code where it cannot reach what it must not: `python -m labkit.grading.sandbox`.
 
 Grading runs two kinds of untrusted process: the student's Jupyter kernel (nbgrader executes
-the notebook in it) and the referee's child (`labkit.referee_child`, which re-runs the
+the notebook in it) and the referee's child (`labkit.grading.referee_child`, which re-runs the
 student's functions). On Linux as root, each starts through this launcher, which before it
 executes the real command:
 
@@ -47,6 +47,7 @@ from pathlib import Path
 NO_SANDBOX_ENV = "LABKIT_NO_SANDBOX"  # set to 1 to run untrusted code unisolated (debugging only)
 HIDE_ENV = "LABKIT_SANDBOX_HIDE"      # more folders to hide, os.pathsep-separated
 UID_BASE = 100_000
+PACKAGE = Path(__file__).resolve().parents[1]  # labkit/: bound read-only, or its stripped copy
 MOUNT_ROOT = "/tmp/.labkit"            # where binds land inside the sandbox (the real /tmp is hidden)
 
 # What a sandboxed process may still have of its parent's environment; the spec's own `env`
@@ -82,7 +83,7 @@ def isolation() -> str:
 
 def repository() -> Path | None:
     """The labkit repository when labkit runs from a checkout (it holds source/ and tests/)."""
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     return repo if (repo / "source").is_dir() or (repo / ".git").exists() else None
 
 
@@ -128,7 +129,7 @@ def spec_for(cwd: Path, writable: dict[str, Path] | None = None, readable: dict[
     where labkit's package is (the referee's child gets a copy without the answers). The
     process works in a copy of `cwd` (`_seeded_copy`), seen at `cwd`; `cwd` itself is not
     changed."""
-    from . import paths
+    from .. import paths
 
     writable = dict(writable or {})
     readable = dict(readable or {})
@@ -157,10 +158,10 @@ def spec_for(cwd: Path, writable: dict[str, Path] | None = None, readable: dict[
     hide += [p for p in os.environ.get(HIDE_ENV, "").split(os.pathsep) if p]
     # The Python environment and labkit's package stay where they are (the kernel's argv and the
     # editable install name those paths); binding them onto themselves also makes them read-only.
-    keep = {str(Path(p).resolve()) for p in (sys.prefix, sys.base_prefix)} | {str(Path(__file__).resolve().parent)}
+    keep = {str(Path(p).resolve()) for p in (sys.prefix, sys.base_prefix)} | {str(PACKAGE)}
     readable.update({p: Path(p) for p in keep})
     if package is not None:
-        readable[str(Path(__file__).resolve().parent)] = Path(package)
+        readable[str(PACKAGE)] = Path(package)
     # A kept path under a folder others cannot enter (root's home holds pyenv's Python) is
     # reachable only if that folder is replaced by a tmpfs in which the bind recreates the path.
     hide += [str(parent) for p in keep for parent in Path(p).parents if not os.stat(parent).st_mode & 0o001]
@@ -173,7 +174,7 @@ def command(cmd: list[str], spec: dict) -> list[str]:
     """`cmd` wrapped in the launcher where isolation is possible, else `cmd` itself."""
     if isolation() != "sandbox":
         return list(cmd)
-    return [sys.executable, "-m", "labkit.sandbox", json.dumps(spec), *cmd]
+    return [sys.executable, "-m", "labkit.grading.sandbox", json.dumps(spec), *cmd]
 
 
 def cleanup(spec: dict) -> None:

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .gguf_convert import bundled_gguf
-from .paths import building, shared_path
+from ..gguf_convert import bundled_gguf
+from ..paths import building, shared_path
 from .peer_process import PeerFailed, PeerProcess
 
 NOT_INSTALLED = "not installed (python -m labkit install-peers compiles it for this CPU: 2 minutes on 2 cores)"

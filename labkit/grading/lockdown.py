@@ -24,9 +24,9 @@ import sys
 import types
 from pathlib import Path
 
-from .messages import say
+from ..messages import say
 
-PACKAGE = Path(__file__).resolve().parent
+PACKAGE = Path(__file__).resolve().parents[1]  # labkit/, the whole package
 HITS: list[str] = []  # the answers reached, in order (the child reports them with each reply)
 
 
@@ -45,7 +45,7 @@ def delegation(name: str) -> Delegation:
 
 
 def _stub(node: ast.FunctionDef | ast.AsyncFunctionDef, name: str) -> None:
-    call = ast.parse(f"raise __import__('labkit.lockdown', fromlist=['x']).delegation({name!r})").body
+    call = ast.parse(f"raise __import__('labkit.grading.lockdown', fromlist=['x']).delegation({name!r})").body
     node.body = call
     node.decorator_list = [d for d in node.decorator_list
                            if isinstance(d, ast.Name) and d.id in ("staticmethod", "classmethod", "property")]
@@ -75,16 +75,18 @@ def strip(forbidden: list[str], out: Path) -> Path:
     by_module: dict[str, dict[str, str]] = {}
     for qualname in forbidden:
         parts = qualname.split(".")
-        module_file = PACKAGE / f"{parts[1]}.py"
-        if not module_file.is_file():
-            raise ValueError(f"{qualname}: no module {module_file.name} in labkit")
-        by_module.setdefault(parts[1], {})[".".join(parts[2:])] = qualname
+        # the module is the longest dotted prefix that is a file: labkit.bench.decode_bench._ort_runner
+        module = next((parts[1:i] for i in range(len(parts) - 1, 1, -1)
+                       if PACKAGE.joinpath(*parts[1:i]).with_suffix(".py").is_file()), None)
+        if module is None:
+            raise ValueError(f"{qualname}: no such module in labkit")
+        by_module.setdefault("/".join(module), {})[".".join(parts[1 + len(module):])] = qualname
     for module, targets in by_module.items():
         path = target / f"{module}.py"
         stripped = _strip_module(path.read_text(), targets)
         missing = [t for t in targets if t.split(".")[0] not in stripped]
         if missing:
-            raise ValueError(f"labkit.{module} defines no {missing}")
+            raise ValueError(f"labkit.{module.replace('/', '.')} defines no {missing}")
         path.write_text(stripped)
     return target
 

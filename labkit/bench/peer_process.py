@@ -14,7 +14,7 @@ import resource
 import signal
 import traceback
 
-from .errors import LabkitError
+from ..errors import LabkitError
 
 # Long enough for the slowest real call (opening Qwen3-1.7B's fused INT8 graph in
 # onnxruntime-genai, or a 1024-token prompt on 2 cores), short enough that a hang is a row.

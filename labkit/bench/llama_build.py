@@ -22,8 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .env import cpu_flags
-from .errors import LabkitError
+from ..env import cpu_flags
+from ..errors import LabkitError
 
 # ggml's CMake option -> the /proc/cpuinfo flags it compiles for (ggml-cpu/CMakeLists.txt:
 # GGML_AVX512 adds -mavx512f/cd/vl/dq/bw together).
@@ -52,7 +52,7 @@ def cmake_args(flags: set[str]) -> list[str]:
     """The CMake arguments for a CPU with these /proc/cpuinfo flags."""
     # Without llama.cpp's multimodal library and its `common` utilities, neither of which the
     # Python package loads: 1 min 39 s of compiling on 2 cores instead of 3 min 31 s.
-    libraries_only = importlib.resources.files("labkit") / "data" / "llama_cpp_libraries_only.cmake"
+    libraries_only = importlib.resources.files("labkit.bench") / "llama_cpp_libraries_only.cmake"
     args = ["-DGGML_NATIVE=OFF", "-DLLAVA_BUILD=OFF", f"-DCMAKE_PROJECT_llama.cpp_INCLUDE={libraries_only}"]
     args += [f"-D{option}={'ON' if needs <= flags else 'OFF'}" for option, needs in GGML_ISA.items()]
     return args + [f"-D{option}=OFF" for option in NEVER]

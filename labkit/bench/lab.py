@@ -12,32 +12,8 @@ import json
 import time
 from pathlib import Path
 
-from . import env, models, onnx_graph, parity, runtime
-from .prompts import CHAT_SYSTEM, chat_ids
-
-CHECK_PROMPT = "What is the capital of France?"
-
-
-def model_check(loaded: models.LoadedModel | None = None, prompt: str = CHECK_PROMPT,
-                max_new_tokens: int = 24) -> dict:
-    """Answer one prompt greedily with PyTorch (loading the session's model if none
-    is given): proof the model works."""
-    import torch
-
-    loaded = loaded or models.load()
-    tok = loaded.tokenizer
-    ids = torch.from_numpy(chat_ids(tok, prompt))
-    started = time.perf_counter()
-    with torch.inference_mode():
-        out = loaded.model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False,
-                                    pad_token_id=tok.pad_token_id)
-    gen_s = time.perf_counter() - started
-    new = out[0, ids.shape[1]:]
-    return {"model": loaded.name, "origin": loaded.origin, "params": loaded.params,
-            "prompt": prompt,
-            "reply": tok.decode(new, skip_special_tokens=True).strip(),
-            "new_tokens": int(new.numel()), "tok_s": round(new.numel() / gen_s, 1)}
-
+from .. import env, models, onnx_graph, parity, runtime
+from ..prompts import CHAT_SYSTEM
 
 CHAT_MESSAGES = ("What is the capital of France?", "请用一句话介绍一下你自己。")
 GRAPHS = {"FP32, no cache": ("fp32", "NoCache"), "INT8, no cache": ("int8", "NoCache"),
@@ -46,8 +22,8 @@ GRAPHS = {"FP32, no cache": ("fp32", "NoCache"), "INT8, no cache": ("int8", "NoC
 
 def chat_samples(loaded, messages=CHAT_MESSAGES, max_new_tokens: int = 48) -> dict[str, str]:
     """A short conversation with each graph (notebook 04's chat, notebook 05's loop)."""
-    from . import artifacts, generate
-    from .chat import Chat
+    from .. import artifacts, generate
+    from ..chat import Chat
 
     transcripts = {}
     for label, (variant, loop) in GRAPHS.items():
@@ -67,8 +43,8 @@ DEFAULT_CHAT = ("What is the capital of France?", "How many days are there in a 
 def default_chat(loaded, messages=DEFAULT_CHAT, max_new_tokens: int = 48) -> tuple[str, str]:
     """One conversation with the chat's default graph (chat_graph.py's rule): why that
     graph, and the transcript."""
-    from . import artifacts, chat_graph, generate
-    from .chat import Chat
+    from .. import artifacts, chat_graph, generate
+    from ..chat import Chat
 
     graph, why = chat_graph.default(loaded)
     chat = Chat(artifacts.path(loaded, graph), loaded.tokenizer, f"{loaded.name} {graph}",
@@ -85,7 +61,8 @@ def run_lab(name: str | None = None, out_dir: Path | None = None,
     from an earlier run are reused (the log says which). `lengths`: the benchmark's
     prompt lengths (default decode_bench.PROMPT_LENGTHS); `peers=False` leaves out
     onnxruntime-genai's loop and llama.cpp, as notebook 05 does."""
-    from . import artifacts, decode_bench, quality, report
+    from .. import artifacts, quality
+    from . import decode_bench, report
 
     out_dir = report.folder(out_dir)
 
@@ -96,7 +73,7 @@ def run_lab(name: str | None = None, out_dir: Path | None = None,
 
     print("\n== 01 model check ==", flush=True)
     loaded = models.load(name)
-    check = model_check(loaded)
+    check = models.model_check(loaded)
     print(f"{check['model']} ({check['params'] / 1e6:.0f} M parameters) from {check['origin']}\n"
           f"Q: {check['prompt']}\nA: {check['reply']}\n"
           f"({check['new_tokens']} tokens at {check['tok_s']} tok/s, PyTorch eager)", flush=True)

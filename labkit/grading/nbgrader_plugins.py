@@ -4,10 +4,10 @@ Autograde, in order:
 - `RestoreCells` (sanitizing): nbgrader's OverwriteCells, a restored deleted cell given an id.
 - `PrepareShared`: builds what the notebook reads from the shared artifacts (the kernel cannot).
 - `TimedExecute`: nbgrader's Execute, noting which cells it stopped at the time limit.
-- `SandboxedKernelManager` (Execute's kernel manager): the student's kernel in `labkit.sandbox`.
+- `SandboxedKernelManager` (Execute's kernel manager): the student's kernel in `labkit.grading.sandbox`.
 - `StderrIsNotAFailure`: nbgrader zeroes a graded cell that wrote anything to stderr; a library
   warning or a debugging print is not a failed check. Only a raised error costs points.
-- `Referee`: each graded cell's score from `labkit.referee`'s verdict, computed outside the
+- `Referee`: each graded cell's score from `labkit.grading.referee`'s verdict, computed outside the
   kernel, replacing what the kernel's own checks showed.
 
 Feedback: `HideHiddenTests` removes hidden regions (the lab has none left; an instructor's own
@@ -27,7 +27,8 @@ from nbgrader.preprocessors import ClearHiddenTests, Execute, NbGraderPreprocess
 from nbgrader.utils import is_grade, is_solution
 from traitlets import Integer
 
-from . import paths, sandbox
+from .. import paths
+from . import sandbox, trust
 
 
 def _is_check(cell) -> bool:
@@ -78,7 +79,7 @@ TIMED_OUT = "labkit_timed_out"  # resources key: indices of the cells stopped at
 class TimedExecute(Execute):
     """nbgrader's Execute, noting the cells it stopped at its time limit in `resources`, which
     stay in this process: the kernel cannot add a cell to the list or take one off. The
-    referee then gives those cells a short second run (`referee.TIMED_OUT_CELL_S`)."""
+    referee then gives those cells a short second run (`child.TIMED_OUT_CELL_S`)."""
 
     def preprocess(self, nb, resources, *args, **kwargs):
         self._timed_out = []
@@ -92,7 +93,7 @@ class TimedExecute(Execute):
 
 
 class SandboxedKernelManager(AsyncKernelManager):
-    """The student's kernel, started through `labkit.sandbox` where isolation is possible:
+    """The student's kernel, started through `labkit.grading.sandbox` where isolation is possible:
     talking to nbgrader over Unix sockets in a folder of its own (the sandbox has no
     network), with a private artifacts folder and home, the shared artifacts read-only."""
 
@@ -153,7 +154,7 @@ _FRESH: set[str] = set()  # students whose artifacts this process started afresh
 
 
 class Referee(NbGraderPreprocessor):
-    """Autograde: each graded cell's score from `labkit.referee`'s verdict, computed outside
+    """Autograde: each graded cell's score from `labkit.grading.referee`'s verdict, computed outside
     the student's kernel, instead of from what the kernel printed. The kernel's own errors are
     removed from graded cells; a failed verdict adds one with the referee's message. What the
     referee refused is kept in the notebook's metadata (`labkit_referee`) for the summary.
@@ -168,7 +169,7 @@ class Referee(NbGraderPreprocessor):
         student = resources.get("nbgrader", {}).get("student", "")
         folder = Path(resources.get("metadata", {}).get("path") or os.getcwd()).resolve()
         root = sandbox.course_root(folder) or folder
-        report = referee.grade_notebook(name, nb, referee.seed(referee.course_key(root), student, name), student,
+        report = referee.grade_notebook(name, nb, trust.seed(trust.course_key(root), student, name), student,
                                          self.cell_timeout, resources.get(TIMED_OUT, frozenset()))
         if not report.verdicts and name not in referee.known_notebooks():
             return nb, resources  # not one of the lab's notebooks: nbgrader's own grading stands

@@ -20,14 +20,14 @@ from typing import Callable
 import numpy as np
 import psutil
 
-from . import artifacts, env, fused, generate, quality, runtime
-from .gguf_convert import bundled_gguf
-from .onnx_graph import file_bytes
-from .paths import cached_table, shared_path
+from .. import artifacts, env, fused, generate, quality, runtime
+from ..gguf_convert import bundled_gguf
+from ..onnx_graph import file_bytes
+from ..paths import cached_table, shared_path
 from .peer_process import PeerFailed
 from .peers import NOT_INSTALLED, genai_runner, llama_cpp_installed, llama_cpp_runner, q8_0_gguf
-from .export_kv import token_feed
-from .prompts import chat_ids, heldout, prompt_of
+from ..export_kv import token_feed
+from ..prompts import chat_ids, heldout, prompt_of
 
 PROMPT_LENGTHS = (32, 256, 1024)
 NEW_TOKENS = 32          # cached loops
