@@ -149,10 +149,10 @@ def same_tokens(tokens, reference: list[int], tokenizer, prompt: str) -> None:
 def loop_matches_reference(loop, session, tokenizer, prompts: list[str], new_tokens: int, reference=None) -> None:
     """`loop(session, prompt_ids, max_new_tokens, stop_ids)` against labkit's no-cache loop on
     `reference` (default `session`; notebook 05: the no-cache graph beside the loop's KV graph)."""
-    from . import generate, prompts
-    from .prompts import chat_ids
+    from . import generate
+    from .prompts import chat_ids, stop_ids
 
-    stop = prompts.stop_ids(tokenizer)
+    stop = stop_ids(tokenizer)
     for prompt in prompts:
         ids = chat_ids(tokenizer, prompt)
         tokens = loop(session, ids, new_tokens, stop)

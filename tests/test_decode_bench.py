@@ -226,7 +226,8 @@ def test_a_peer_that_crashes_hangs_or_is_missing_costs_its_own_row_only(bench, t
     alone = bench.iloc[[0, 5]].set_index("engine")
     assert mine["agreement"].tolist() == alone["agreement"].tolist() and (mine["tok_s"] > 0).all()
     working = measured.set_index("engine").loc["working"]
-    assert working["build"] == "counting double" and working["tok_s"] > 0 and working["peak_rss_gb"] > 0
+    assert working["build"] == "counting double" and working["tok_s"] > 0
+    assert 0 < working["peak_rss_gb"] < 0.5  # the child's own memory, not this process's
     failed = measured[measured["status"].str.startswith(("crashed", "timed", "failed"))]
     assert failed["tok_s"].isna().all() and (failed["cpu"] == measured["cpu"].iloc[0]).all()
     assert multiprocessing.active_children() == []

@@ -488,3 +488,35 @@ def test_points_from_the_referees_own_probes_are_gone(tmp_path, name):
     report, score, points = _grade(tmp_path, name, {**DIFFERENT[name], **overrides}, f"gaming-{name}")
     assert {g for g, v in report.verdicts.items() if not v.passed} == {gamed}, report.verdicts
     assert score == sum(points.values()) - points[gamed]
+
+
+def test_a_notebooks_deadline_does_not_grow_with_the_cells_a_student_adds():
+    """Each cell has its own limit in the child; a child that blocks its alarm is stopped by
+    the referee's deadline for the whole notebook, which has a ceiling: 2,000 padding cells
+    used to buy 2,000 cell limits (days under plain nbgrader autograde)."""
+    asked = []
+    handle = child.Child.__new__(child.Child)  # no process: what it would ask for, and how long it would wait
+    handle._ask = lambda message, timeout: asked.append(timeout) or {"cells": []}
+    handle.notebook("", {}, ["pass"] * 2000, cell_s=120)
+    handle.notebook("", {}, ["pass"] * 3, cell_s=120)
+    ceiling = child.CHILD_START_S + child.NOTEBOOK_S + child.GRACE_S
+    assert asked == [ceiling, child.CHILD_START_S + 3 * 120 + child.GRACE_S]
+
+
+@pytest.mark.slow
+def test_a_child_that_blows_up_its_output_file_is_read_from_the_end_only(tmp_path):
+    """The child's output is a file the child can make any size (a sparse 15 GiB here, under
+    the sandbox's 16 GiB file limit): the referee reads its last few KB for the message,
+    instead of all of it into memory, and the notebook's tasks fail saying how it ended."""
+    import nbformat
+
+    blow_up = "import os, sys\nprint('last words', flush=True)\nos.ftruncate(1, 15 * 2**30)\nos._exit(3)\n"
+    out = course.write_submission(RELEASE / "01_env.ipynb", SOURCE / "01_env.ipynb", tmp_path / "01_env.ipynb",
+                                  overrides={"weight-bytes": blow_up})
+    try:
+        report = referee.grade_notebook("01_env", nbformat.read(out, as_version=4), 20261129, "blows-up")
+        assert referee._CHILDREN["blows-up"].log_tail().endswith("\0" * 16)  # the sparse end, and no more
+    finally:
+        referee._CHILDREN.pop("blows-up").close()
+    messages = {v.message for v in report.verdicts.values()}
+    assert len(messages) == 1 and "exit code 3" in messages.pop()

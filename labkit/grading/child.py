@@ -112,7 +112,7 @@ class Child:
             code = self.proc.wait(timeout=2)
         except subprocess.TimeoutExpired:
             return say("referee.timeout", limit="")
-        last = [line for line in self.log_tail().splitlines() if line.strip()][-1:]
+        last = [line for line in self.log_tail().replace("\0", "").splitlines() if line.strip()][-1:]
         return say("referee.process_ended", code=code, last=": " + last[0][:200] if last else "")
 
     def log_tail(self) -> str:
