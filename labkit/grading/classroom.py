@@ -34,7 +34,7 @@ from pathlib import Path
 import nbformat
 import psutil
 
-from . import course, sandbox, trust
+from . import course, sandbox, similarity, trust
 from .. import paths
 from ..errors import LabkitError
 
@@ -369,7 +369,8 @@ def grade_class(root: Path, assignment: str = course.ASSIGNMENT, students: list[
                 csv: Path | None = None, progress: bool = True):
     """Grade every submission (or `students`) in parallel; returns the summary DataFrame
     (student, score, max_score, auto_score, auto_max, manual_pending, status, seconds, peak_rss_gb,
-    problems, integrity) and writes it as CSV (default `root/grading_summary.csv`)."""
+    problems, integrity) and writes it as CSV (default `root/grading_summary.csv`). The whole
+    class is checked for copies (`root/similarity.html`), whoever was graded this time."""
     import pandas as pd
     from dask.distributed import Client, LocalCluster, as_completed
     from tqdm.auto import tqdm
@@ -411,8 +412,26 @@ def grade_class(root: Path, assignment: str = course.ASSIGNMENT, students: list[
         if cluster is not None:
             cluster.close()
     table = pd.DataFrame(rows).sort_values("student", ignore_index=True)
+    table = with_copies(table, find_copies(root, assignment))
     table.to_csv(csv or root / "grading_summary.csv", index=False)
     return table
+
+
+def with_copies(table, copies: dict[str, list[str]]):
+    """The summary with each student's copy notes after the referee's in its integrity column."""
+    table = table.copy()
+    table["integrity"] = ["; ".join(filter(None, [notes, *copies.get(student, [])]))
+                          for student, notes in zip(table["student"], table["integrity"].fillna(""))]
+    return table
+
+
+def find_copies(root: Path, assignment: str = course.ASSIGNMENT) -> dict[str, list[str]]:
+    """Every submission of the class compared task by task with every other and with labkit's
+    answers (similarity.py); writes `root/similarity.html` and returns the notes per student."""
+    root = Path(root)
+    class_files = {student: _files(root / "submitted" / student / assignment)
+                   for student in submitted_students(root, assignment)}
+    return similarity.check_class(class_files, root / "release" / assignment, root / similarity.REPORT)
 
 
 def flagged(table) -> list[str]:
@@ -440,7 +459,10 @@ def bench_grade(submissions: int = 6, workers: tuple[int, ...] = (1, 2), noteboo
             start = time.perf_counter()
             table = grade_class(root, workers=n)
             wall = time.perf_counter() - start
+            kept = sum(f.stat().st_size for f in (root / "autograded").rglob("*") if f.is_file())
+            gradebook = (root / "gradebook.db").stat().st_size
         row = dict(workers=n, submissions=submissions,
+                   kept_mb_per_submission=round(kept / submissions / 1e6, 2), gradebook_mb=round(gradebook / 1e6, 2),
                    notebooks=", ".join(notebooks) if notebooks else "all", wall_s=round(wall, 1),
                    per_hour=round(submissions * 3600 / wall, 1),
                    median_submission_s=round(float(table["seconds"].median()), 1),
@@ -448,7 +470,8 @@ def bench_grade(submissions: int = 6, workers: tuple[int, ...] = (1, 2), noteboo
                    all_full_marks=bool((table["auto_score"] == table["auto_max"]).all()))
         print(f"{n} worker(s): {submissions} submissions in {wall:.0f} s = {row['per_hour']} per hour; "
               f"median {row['median_submission_s']} s each, peak {row['max_peak_rss_gb']} GB, "
-              f"full marks: {row['all_full_marks']}", flush=True)
+              f"{row['kept_mb_per_submission']} MB kept per submission (autograded notebooks), gradebook "
+              f"{row['gradebook_mb']} MB, full marks: {row['all_full_marks']}", flush=True)
         rows.append(row)
     if json_path:
         Path(json_path).write_text(json.dumps(rows, indent=1))
