@@ -17,6 +17,9 @@ c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
 # (login_userid_submissionid_01_env.ipynb) use instead:
 #   r".*/(?P<student_id>[^/_]+)_\d+_\d+_(?P<file_id>[^/]+\.ipynb)$"
 c.FileNameCollectorPlugin.named_regexp = r".*/(?P<student_id>[^/]+)/(?P<file_id>[^/]+\.ipynb)$"
+# `nbgrader release_feedback llm_lab` releases to the students who submitted through the
+# exchange and names the others (zip_collect's), whose feedback/<student>/ you send yourself.
+c.ExchangeFactory.release_feedback = "labkit.grading.nbgrader_plugins.ReleaseFeedback"
 
 # A graded cell that a student deleted comes back from the gradebook instead of scoring 0
 # (through `RestoreCells`, below, which gives it a cell id).

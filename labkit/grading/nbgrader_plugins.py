@@ -11,10 +11,12 @@ Autograde, in order:
   kernel, replacing what the kernel's own checks showed.
 
 Feedback: `HideHiddenTests` removes hidden regions (the lab has none left; an instructor's own
-may) and shortens failed checks' tracebacks to their message.
+may) and shortens failed checks' tracebacks to their message. `ReleaseFeedback` releases it to
+the students who submitted through the exchange and names the others.
 """
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import stat
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import nbformat
 from jupyter_client.manager import AsyncKernelManager
+from nbgrader.exchange.default.release_feedback import ExchangeReleaseFeedback
 from nbgrader.preprocessors import ClearHiddenTests, Execute, NbGraderPreprocessor, OverwriteCells
 from nbgrader.utils import is_grade, is_solution
 from traitlets import Integer
@@ -199,3 +202,22 @@ class PrepareShared(NbGraderPreprocessor):
 
         referee.prepare(resources.get("unique_key") or "", resources.get("nbgrader", {}).get("student", ""))
         return nb, resources
+
+
+class ReleaseFeedback(ExchangeReleaseFeedback):
+    """`nbgrader release_feedback` for a class that handed in both ways. nbgrader's own stops
+    with FileNotFoundError at the first student who did not submit through the exchange: a
+    `make handin` zip collected by `zip_collect` has no submission secret, the key under which
+    a student fetches feedback. Those students are named and left out; their HTML is in
+    feedback/<id>/ for the instructor to send."""
+
+    def copy_files(self):
+        pages = [Path(page) for page in glob.glob(os.path.join(self.src_path, "*.html"))]  # feedback/<id>/<a>/
+        outside = sorted({page.parent.parent.name for page in pages
+                          if not (page.parent / "submission_secret.txt").is_file()})
+        if outside:
+            self.log.warning("Not submitted through the exchange, so not released: %s. Send them "
+                             "feedback/<student>/%s/ yourself.", ", ".join(outside), self.coursedir.assignment_id)
+            excluded = set(filter(None, self.coursedir.student_id_exclude.split(",")))
+            self.coursedir.student_id_exclude = ",".join(sorted(excluded | set(outside)))
+        super().copy_files()
