@@ -259,8 +259,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except ModuleNotFoundError as exc:
-        if not (exc.name or "").startswith("labkit.grading"):
-            raise
+        import importlib.util
+
+        if not (exc.name or "").startswith("labkit.grading") or importlib.util.find_spec("labkit.grading"):
+            raise  # a broken import in the instructor's repository, not the student kit
         print(f"error: `{args.command}` 是教师用的命令，学生包里没有评分部分 / is an instructor's command: "
               "the student kit has no grading room", file=sys.stderr)
         return 2

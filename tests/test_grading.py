@@ -76,7 +76,12 @@ def test_every_submission_grades_without_crashing(graded):
     _, table = graded
     assert table["status"].to_dict() == {"blank": "graded", "solver": "graded"}, table.T
     assert table.loc["solver", "problems"] == "" and table.loc["blank", "problems"], table.T
-    assert table["integrity"].tolist() == ["", ""]
+    assert table.loc["blank", "integrity"] == ""
+    # The course's own reference for notebook 05's wrapper is labkit's KVWrapper line for line,
+    # and the copy check says so (tests/test_similarity.py); nothing else is noted.
+    notes = table.loc["solver", "integrity"].split("; ")
+    assert notes and [n for n in notes if not (n.startswith("similar to labkit (")
+                                               and " in 05_kvcache/kv-wrapper (" in n)] == [], notes
 
 
 def test_scores_in_the_gradebook(graded):

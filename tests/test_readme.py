@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from labkit.grading import course
+from labkit.grading import course, student_kit
 
 pytestmark = pytest.mark.slow
 NB = "04_chat.ipynb"
@@ -115,7 +115,7 @@ def test_a_class_graded_from_the_readme_alone(tmp_path):
                 gb.db.commit()
                 given = manual[0].max_score
 
-    assert sorted(p.name for p in (root / "dist").iterdir()) == [f"llm_lab-student-0.1.0.zip"]
+    assert sorted(p.name for p in (root / "dist").iterdir()) == [f"llm_lab-student-{student_kit.version()}.zip"]
     assert sorted(p.name for p in (root / "submitted").iterdir()) == ["alice", "bob"]
     summary = list(csv.DictReader((root / "grading_summary.csv").open()))
     assert [(r["student"], r["auto_score"] == r["auto_max"], r["status"]) for r in summary] == \

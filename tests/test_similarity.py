@@ -135,18 +135,16 @@ def test_the_summary_carries_the_copies_in_its_integrity_column(tmp_path):
 # ---------------------------------------------------------------- the threshold's calibration
 
 def _cells(folder, solution: bool) -> dict[str, str]:
-    out = {}
-    for path in sorted(folder.glob("*.ipynb")):
-        for cell in nbformat.read(path, as_version=4).cells:
-            meta = cell.metadata.get("nbgrader", {})
-            if cell.cell_type == "code" and meta.get("solution"):
-                out[f"{path.stem}/{meta['grade_id']}"] = course.solution_code(cell.source) if solution else cell.source
-    return out
+    """Each task's cell in `folder`'s notebooks, found as the copy check finds them."""
+    layouts = similarity.layouts({p.name: p.read_bytes() for p in RELEASE.glob("*.ipynb")})
+    cells = similarity.task_cells({p.name: p.read_bytes() for p in folder.glob("*.ipynb")}, layouts)
+    return {task: course.solution_code(code) if solution else code for task, code in cells.items()}
 
 
 class _Disguise(ast.NodeTransformer):
-    """What copying changes cheaply: every local name, and the order of a block's first two
-    statements (the result need not run: only its likeness is measured)."""
+    """What copying changes cheaply: every local name, the order of a block's first two
+    statements, and two lines of one's own at the top of every function (the result need not
+    run: only its likeness is measured). Copies so disguised scored 0.81-1.00."""
     KEEP = {"np", "torch", "pd", "self", "super", "transformers", "onnx", "labkit", "DynamicCache"}
 
     def __init__(self):
@@ -170,6 +168,11 @@ class _Disguise(ast.NodeTransformer):
         body = getattr(node, "body", None)
         if isinstance(body, list) and len(body) > 2 and isinstance(body[0], ast.stmt):
             body[0], body[1] = body[1], body[0]
+        return node
+
+    def visit_FunctionDef(self, node):
+        self.generic_visit(node)
+        node.body[:0] = ast.parse("print('checking my work')\nsteps_done = 0").body
         return node
 
 
@@ -226,21 +229,36 @@ def test_a_score_is_the_same_in_every_process():
 # ---------------------------------------------------------------- what a student hands in is hostile
 
 def test_a_hostile_notebook_is_skipped_and_its_code_reaches_the_page_escaped(tmp_path):
+    """Notebooks that are not notebooks, cells that would stop a parser or the hashing, and a
+    copy moved to a new cell with its task cell's flags cleared: the check finishes, the copies
+    are found, and what a student wrote reaches the page escaped."""
+    def with_loop(code: str, move: bool = False) -> bytes:
+        nb = nbformat.read(RELEASE / "04_chat.ipynb", as_version=4)
+        index = next(i for i, c in enumerate(nb.cells) if c.metadata.get("nbgrader", {}).get("grade_id") == "loop")
+        if move:  # the task cell emptied and unflagged, the code in a cell of its own below it
+            nb.cells[index].metadata = {}
+            nb.cells.insert(index + 1, nbformat.v4.new_code_cell())
+            index += 1
+        data = json.loads(nbformat.writes(nb))
+        data["cells"][index]["source"] = code  # json.dumps, not nbformat: a lone surrogate stays writable
+        return json.dumps(data).encode()
+
     evil = "</pre><script>alert(1)</script>\n" + WRITER
-    nb = nbformat.read(RELEASE / "04_chat.ipynb", as_version=4)
-    for cell in nb.cells:
-        if cell.metadata.get("nbgrader", {}).get("grade_id") == "loop":
-            cell.source = evil
-    class_files = {"evil": {"04_chat.ipynb": nbformat.writes(nb).encode()},
-                   "copier": {"04_chat.ipynb": json.dumps({"cells": [{"cell_type": "code", "source": COPIER,
-                              "metadata": {"nbgrader": {"solution": True, "grade_id": "loop"}}}]}).encode()},
-                   "garbage": {"04_chat.ipynb": b"\xff not json", "05_kvcache.ipynb": b"[1, 2]",
-                               "sub/04_chat.ipynb": b"{}"},
-                   "odd": {"04_chat.ipynb": json.dumps({"cells": [None, 3, {"metadata": []}]}).encode()},
-                   "huge": {"04_chat.ipynb": json.dumps({"cells": [{"cell_type": "code", "source": "x = 1\n" * 10**6,
-                            "metadata": {"nbgrader": {"solution": True, "grade_id": "loop"}}}]}).encode()}}
+    class_files = {
+        "evil": {"04_chat.ipynb": with_loop(evil)},
+        "mover": {"04_chat.ipynb": with_loop(COPIER, move=True)},
+        "by_grade_id": {"04_chat.ipynb": json.dumps({"cells": [{"cell_type": "code", "source": COPIER,
+                        "metadata": {"nbgrader": {"solution": True, "grade_id": "loop"}}}]}).encode()},
+        "garbage": {"04_chat.ipynb": b"\xff not json", "05_kvcache.ipynb": b"[1, 2]", "sub/04_chat.ipynb": b"{}"},
+        "deep": {"04_chat.ipynb": b"[" * 200_000 + b"]" * 200_000},
+        "odd": {"04_chat.ipynb": json.dumps({"cells": [None, 3, {"metadata": []}, {"id": [1], "cell_type": "code"}]}).encode()},
+        "surrogate": {"04_chat.ipynb": with_loop("x = '\ud800'\n" * 40)},
+        "nested": {"04_chat.ipynb": with_loop("-" * 19_000 + "1")},  # ast.parse: MemoryError
+        "huge": {"04_chat.ipynb": with_loop("x = 1\n" * 10**6)},
+    }
     report = tmp_path / similarity.REPORT
-    notes = similarity.check_class(class_files, RELEASE, report)
-    assert sorted(notes) == ["copier", "evil"]
+    notes = similarity.check_class(sorted(class_files), class_files.get, RELEASE, report)
+    assert sorted(notes) == ["by_grade_id", "evil", "mover"]
+    assert notes["mover"] == [f"similar to student by_grade_id, student evil in 04_chat/loop (100%): see {similarity.REPORT}"]
     page = report.read_text()
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page

@@ -112,7 +112,9 @@ def test_handin_names_unsolved_tasks_and_refuses_what_it_cannot_pack(tmp_path, c
     notebooks = _notebooks(tmp_path / "notebooks", solved=False)
     handin.handin("2024002", notebooks, tmp_path / "handin")
     out = capsys.readouterr().out
-    assert "01_env.ipynb 还有未完成的任务 has tasks left: weight-bytes, param-count, count-tokens" in out
+    tasks = [c.metadata.nbgrader["grade_id"] for c in nbformat.read(RELEASE / "01_env.ipynb", as_version=4).cells
+             if c.cell_type == "code" and c.metadata.get("nbgrader", {}).get("solution")]
+    assert len(tasks) == 3 and f"01_env.ipynb 还有未完成的任务 has tasks left: {', '.join(tasks)}" in out
     for bad in ("", "../x", "a b", "学号"):
         with pytest.raises(handin.HandinError, match="student id"):
             handin.handin(bad, notebooks, tmp_path / "handin")

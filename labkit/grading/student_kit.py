@@ -11,6 +11,7 @@ the later notebooks run on them, and the copy check compares every task with the
 from __future__ import annotations
 
 import io
+import subprocess
 import tomllib
 import zipfile
 from pathlib import Path
@@ -18,8 +19,7 @@ from pathlib import Path
 from .course import ASSIGNMENT, REPO
 
 KIT_FILES = Path(__file__).with_name("kit_files")
-# labkit's files a student needs: code and its data. Allow-listed, so a stray file in a
-# developer's tree (a log, a graph) never rides along.
+# labkit's files a student needs: code and its data, by suffix.
 SUFFIXES = {".py", ".json", ".cmake"}
 LEFT_OUT = {"grading", "__pycache__"}
 # A fixed time stamp: the same tree gives the same archive, byte for byte.
@@ -39,12 +39,21 @@ def contents(repo: Path = REPO) -> dict[str, bytes]:
     for notebook in sorted((repo / "release" / ASSIGNMENT).glob("*.ipynb")):
         files[f"notebooks/{notebook.name}"] = notebook.read_bytes()
     package = repo / "labkit"
-    for path in sorted(package.rglob("*")):
+    for path in _package_files(repo):
         relative = path.relative_to(package)
         if path.is_file() and not path.is_symlink() and path.suffix in SUFFIXES \
                 and not LEFT_OUT & set(relative.parts[:-1]):
             files[f"labkit/{relative.as_posix()}"] = path.read_bytes()
     return files
+
+
+def _package_files(repo: Path) -> list[Path]:
+    """labkit's files as git tracks them (an untracked file in a developer's tree stays out),
+    or every file when the course has no git history."""
+    if (repo / ".git").exists():
+        listed = subprocess.run(["git", "ls-files", "-z", "labkit"], cwd=repo, capture_output=True, check=True).stdout
+        return sorted(repo / name for name in listed.decode().split("\0") if name)
+    return sorted((repo / "labkit").rglob("*"))
 
 
 def build(repo: Path = REPO, out: Path | None = None) -> Path:
