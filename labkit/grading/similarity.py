@@ -319,7 +319,7 @@ def compare_class(submissions: dict[str, dict[str, str]], stubs: dict[str, str],
     return matches
 
 
-def flagged(matches: list[Match], threshold: float = THRESHOLD) -> list[Match]:
+def above_threshold(matches: list[Match], threshold: float = THRESHOLD) -> list[Match]:
     """The matches at or above the threshold, the highest first."""
     return sorted((m for m in matches if m.score >= threshold), key=lambda m: (-m.score, m.task, m.left, m.right))
 
@@ -351,7 +351,7 @@ def check_class(students: list[str], read: Callable[[str], dict[str, bytes]], re
     stubs = {task: stub for layout in found.values() for task, stub in layout.stubs.items()}
     matches = compare_class({student: task_cells(read(student), found) for student in students}, stubs)
     write_report(matches, report, threshold)
-    return notes(flagged(matches, threshold))
+    return notes(above_threshold(matches, threshold))
 
 
 # ---------------------------------------------------------------- the instructor's page
@@ -393,7 +393,7 @@ Each task cell compared with every other student's same cell and with labkit's i
 
 
 def write_report(matches: list[Match], path: Path, threshold: float = THRESHOLD) -> Path:
-    found = flagged(matches, threshold)
+    found = above_threshold(matches, threshold)
     below = max((m.score for m in matches if m.score < threshold), default=0.0)
     summary = (f"{len(matches)} comparisons, {len(found)} at or above the threshold; the highest below it "
                f"scored {below:.0%}.")
